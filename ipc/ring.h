@@ -170,6 +170,9 @@ class GatingConsumer {
 // no allocation. Start-up calls (recover, set_consumer_position, attach kResume of a detached
 // slot) REQUIRE that no producer and no other consumer is running: the restarted daemon is the
 // only writer. Introspection: any thread.
+// With no gating consumer attached, producers overwrite freely, a lap at a time; a producer
+// stalled for a whole lap could then land its record over a newer one, so the daemon keeps the
+// journal attached whenever it produces.
 class Ring {
  public:
   enum class StartAt {
