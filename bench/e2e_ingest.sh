@@ -16,6 +16,7 @@ connections=${CONNECTIONS:-4}
 batch_bytes=${BATCH_BYTES:-1048576}
 timeout_s=${TIMEOUT_S:-120}  # from loadgen start until log_records must reach EVENTS
 poll_ms=${POLL_MS:-50}       # resolution of the end-to-end end time
+stall_s=${STALL_S:-15}       # give up when log_records has not moved for this long
 fsync=${FSYNC:-interval}
 target_eps=3000000           # the goal for runneld on a 2-core box, generator included
 
@@ -148,6 +149,10 @@ children+=("$loadgen_pid")
 deadline=$(($(now_ns) + timeout_s * 1000000000))
 poll_s=$(awk -v ms="$poll_ms" 'BEGIN { print ms / 1000 }')
 done_ns=""
+progress=-1
+progress_ns=$(now_ns)
+loadgen_done=false
+fail() { die "$1; stats: $stats; runneld log: $(tail -3 "$tmp/runneld.log")"; }
 while :; do
   # Stamped before the query: the event happened after the previous poll, at most one
   # interval earlier, and the snapshot is taken after this stamp.
@@ -155,16 +160,21 @@ while :; do
   stats=$(ctl_stats || true)
   log_records=$(json_int log_records <<<"$stats")
   if [[ -n $log_records && $log_records -ge $events ]]; then done_ns=$t; break; fi
-  kill -0 "$runneld_pid" 2>/dev/null || die "runneld died: $(tail -5 "$tmp/runneld.log")"
-  if ((t > deadline)); then
-    die "timeout after ${timeout_s}s: log_records=${log_records:-?} of $events; stats: $stats"
+  kill -0 "$runneld_pid" 2>/dev/null || fail "runneld died"
+  if ! $loadgen_done && ! kill -0 "$loadgen_pid" 2>/dev/null; then
+    wait_bounded "$loadgen_pid" 1 runnel-loadgen || fail "loadgen into runneld failed"
+    loadgen_done=true
   fi
+  if [[ ${log_records:-0} != "$progress" ]]; then progress=${log_records:-0}; progress_ns=$t; fi
+  ((t - progress_ns < stall_s * 1000000000)) ||
+    fail "log_records stuck at ${log_records:-?} of $events for ${stall_s}s"
+  ((t <= deadline)) || fail "timeout after ${timeout_s}s: log_records=${log_records:-?} of $events"
   sleep "$poll_s"
 done
 # Sampled before SIGTERM so shutdown work is not counted.
 cpu_after=$(cpu_ticks "$runneld_pid")
 hwm_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$runneld_pid/status")
-wait_bounded "$loadgen_pid" 30 runnel-loadgen || die "loadgen into runneld failed"
+$loadgen_done || wait_bounded "$loadgen_pid" 30 runnel-loadgen || die "loadgen into runneld failed"
 
 stop_begin=$(now_ns)
 kill -TERM "$runneld_pid"
