@@ -1,0 +1,298 @@
+// Loads runneld's TOML configuration: the embedded defaults are the schema, so every key has a
+// default, an unknown key or a value of the wrong type stops start-up, and messages name the key.
+#include "daemon/config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <stdexcept>
+#include <toml++/toml.h>
+
+namespace runnel {
+namespace {
+
+constexpr std::string_view kDefaultConfig = R"toml(# runneld configuration. Every key is optional; shown are the defaults.
+
+[daemon]
+# Where the durable log (and later the batch views) live. Under systemd the default is
+# $STATE_DIRECTORY; otherwise ./runnel-data.
+data_dir = ""
+# Name of the POSIX shared-memory objects (/dev/shm/<shm_name>.ring, <shm_name>.stats).
+shm_name = "runnel"
+# trace, debug, info, warn, error, critical, off
+log_level = "info"
+# Most rejected-line messages logged per second (the counters count all of them).
+log_rate_limit_per_s = 10
+
+[ingest]
+# Line-protocol listeners: tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH; "@runtime" is the
+# runtime directory ($RUNTIME_DIRECTORY under systemd). Append ?precision=ns|us|ms|s to set the
+# timestamp precision of a listener (default ns).
+listen = ["tcp://127.0.0.1:8094", "udp://127.0.0.1:8089", "unix://@runtime/runnel.sock"]
+# A longer line is rejected (counted as too_long) and skipped up to its newline.
+max_line_bytes = 65536
+# Provided receive buffers shared by all connections (io_uring buffer ring).
+recv_buffer_bytes = 65536
+recv_buffer_count = 256
+# SO_RCVBUF for UDP sockets, bytes.
+udp_rcvbuf_bytes = 8388608
+
+[ring]
+# Shared-memory ring between ingest, the journal and the speed path. Power of two, bytes.
+capacity_bytes = 67108864
+# Permissions and group of the shared-memory objects ("" = the daemon's own group).
+mode = "0640"
+group = ""
+
+[log]
+# Segments roll at this size and are then sealed (never modified again).
+segment_bytes = 268435456
+# always: group commit, a batch is durable after its fdatasync; interval: fdatasync every
+# fsync_interval_ms; never: leave it to the kernel.
+fsync = "interval"
+fsync_interval_ms = 1000
+)toml";
+
+[[noreturn]] void fail(const std::string& where, const std::string& msg) {
+  throw std::runtime_error("config: " + where + ": " + msg);
+}
+
+// Every key of `user` must exist in `schema` with the same type; tables recurse.
+void check_keys(const toml::table& user, const toml::table& schema, const std::string& prefix,
+                const std::string& file) {
+  for (const auto& [k, v] : user) {
+    std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    const toml::node* s = schema.get(k.str());
+    if (s == nullptr) fail(file, "unknown key '" + key + "'");
+    if (s->type() != v.type()) {
+      fail(file, "key '" + key + "' has the wrong type (expected " +
+                     std::string(toml::impl::node_type_friendly_names[static_cast<int>(s->type())]) +
+                     ")");
+    }
+    if (v.is_table()) check_keys(*v.as_table(), *s->as_table(), key, file);
+  }
+}
+
+void merge(toml::table& into, const toml::table& from) {
+  for (const auto& [k, v] : from) {
+    if (v.is_table() && into.get(k.str()) && into.get(k.str())->is_table()) {
+      merge(*into.get(k.str())->as_table(), *v.as_table());
+    } else {
+      into.insert_or_assign(k.str(), v);
+    }
+  }
+}
+
+template <typename T>
+T get(const toml::table& t, std::string_view path) {
+  auto v = t.at_path(path).value<T>();
+  if (!v) fail("config", "key '" + std::string(path) + "' is missing or of the wrong type");
+  return *v;
+}
+
+uint64_t get_positive(const toml::table& t, std::string_view path, uint64_t min, uint64_t max) {
+  int64_t v = get<int64_t>(t, path);
+  if (v < 0 || static_cast<uint64_t>(v) < min || static_cast<uint64_t>(v) > max) {
+    fail("config", "key '" + std::string(path) + "' = " + std::to_string(v) + " is out of range [" +
+                       std::to_string(min) + ", " + std::to_string(max) + "]");
+  }
+  return static_cast<uint64_t>(v);
+}
+
+std::optional<Precision> parse_precision(std::string_view s) {
+  if (s == "ns" || s == "n") return Precision::kNs;
+  if (s == "us" || s == "u") return Precision::kUs;
+  if (s == "ms") return Precision::kMs;
+  if (s == "s") return Precision::kS;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string_view default_config_toml() { return kDefaultConfig; }
+
+std::string runtime_dir() {
+  if (const char* d = std::getenv("RUNTIME_DIRECTORY"); d && *d) {
+    std::string s(d);
+    return s.substr(0, s.find(':'));  // systemd lists several directories separated by ':'
+  }
+  if (const char* d = std::getenv("XDG_RUNTIME_DIR"); d && *d) return std::string(d) + "/runnel";
+  if (geteuid() == 0) return "/run/runnel";
+  return "/tmp/runnel-" + std::to_string(geteuid());
+}
+
+std::optional<ListenSpec> ListenSpec::parse(std::string_view url, const std::string& rt_dir,
+                                            std::string* error) {
+  ListenSpec spec;
+  spec.url = std::string(url);
+  std::string_view rest;
+  auto starts = [&](std::string_view p) {
+    if (url.substr(0, p.size()) != p) return false;
+    rest = url.substr(p.size());
+    return true;
+  };
+  if (starts("tcp://")) {
+    spec.kind = Kind::kTcp;
+  } else if (starts("udp://")) {
+    spec.kind = Kind::kUdp;
+  } else if (starts("unix://")) {
+    spec.kind = Kind::kUnix;
+  } else {
+    *error = "unknown scheme (use tcp://, udp:// or unix://)";
+    return std::nullopt;
+  }
+  if (auto q = rest.find('?'); q != std::string_view::npos) {
+    std::string_view query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+    if (query.substr(0, 10) != "precision=") {
+      *error = "unknown option '" + std::string(query) + "' (only precision= is known)";
+      return std::nullopt;
+    }
+    auto p = parse_precision(query.substr(10));
+    if (!p) {
+      *error = "bad precision '" + std::string(query.substr(10)) + "' (ns, us, ms or s)";
+      return std::nullopt;
+    }
+    spec.precision = *p;
+  }
+  if (spec.kind == Kind::kUnix) {
+    std::string path(rest);
+    if (path.rfind("@runtime", 0) == 0) path = rt_dir + path.substr(8);
+    if (path.empty() || path[0] != '/') {
+      *error = "unix socket path must be absolute";
+      return std::nullopt;
+    }
+    if (path.size() >= 108) {
+      *error = "unix socket path is longer than 107 bytes";
+      return std::nullopt;
+    }
+    spec.path = std::move(path);
+    return spec;
+  }
+  auto colon = rest.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    *error = "expected HOST:PORT";
+    return std::nullopt;
+  }
+  std::string_view host = rest.substr(0, colon), port = rest.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  unsigned p = 0;
+  auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (ec != std::errc() || ptr != port.data() + port.size() || p > 65535) {
+    *error = "bad port '" + std::string(port) + "'";
+    return std::nullopt;
+  }
+  spec.host = std::string(host);
+  spec.port = static_cast<uint16_t>(p);
+  return spec;
+}
+
+Config load_config(const std::optional<std::filesystem::path>& path, const ConfigOverrides& o) {
+  toml::table t;
+  try {
+    t = toml::parse(kDefaultConfig, std::string_view("<defaults>"));
+  } catch (const toml::parse_error& e) {
+    fail("<defaults>", e.what());  // a bug: the embedded defaults must parse
+  }
+  if (path) {
+    toml::table user;
+    try {
+      user = toml::parse_file(path->string());
+    } catch (const toml::parse_error& e) {
+      const auto& b = e.source().begin;
+      fail(path->string() + ":" + std::to_string(b.line) + ":" + std::to_string(b.column),
+           std::string(e.description()));
+    }
+    check_keys(user, t, "", path->string());
+    merge(t, user);
+  }
+
+  Config c;
+  std::string data_dir = o.data_dir ? *o.data_dir : get<std::string>(t, "daemon.data_dir");
+  if (data_dir.empty()) {
+    const char* state = std::getenv("STATE_DIRECTORY");
+    data_dir = (state && *state) ? std::string(state).substr(0, std::string(state).find(':'))
+                                 : std::string("./runnel-data");
+  }
+  c.data_dir = data_dir;
+  c.shm_name = o.shm_name ? *o.shm_name : get<std::string>(t, "daemon.shm_name");
+  if (c.shm_name.empty() || c.shm_name.size() > 200 ||
+      c.shm_name.find('/') != std::string::npos) {
+    fail("config", "key 'daemon.shm_name' = '" + c.shm_name +
+                       "' must be 1-200 characters without '/'");
+  }
+  c.log_level = o.log_level ? *o.log_level : get<std::string>(t, "daemon.log_level");
+  static constexpr std::string_view kLevels[] = {"trace", "debug", "info",    "warn",
+                                                  "error", "critical", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {
+    fail("config", "key 'daemon.log_level' = '" + c.log_level + "' is not a known level");
+  }
+  c.log_rate_limit_per_s =
+      static_cast<uint32_t>(get_positive(t, "daemon.log_rate_limit_per_s", 0, 1000000));
+
+  std::vector<std::string> urls = o.listen;
+  if (urls.empty()) {
+    const toml::array* arr = t.at_path("ingest.listen").as_array();
+    for (const auto& n : *arr) {
+      auto s = n.value<std::string>();
+      if (!s) fail("config", "key 'ingest.listen' must be an array of strings");
+      urls.push_back(*s);
+    }
+  }
+  const std::string rt = runtime_dir();
+  for (const auto& u : urls) {
+    std::string err;
+    auto spec = ListenSpec::parse(u, rt, &err);
+    if (!spec) fail("config", "key 'ingest.listen': '" + u + "': " + err);
+    c.listen.push_back(std::move(*spec));
+  }
+  c.max_line_bytes =
+      static_cast<uint32_t>(get_positive(t, "ingest.max_line_bytes", 64, 16u << 20));
+  c.recv_buffer_bytes =
+      static_cast<uint32_t>(get_positive(t, "ingest.recv_buffer_bytes", 512, 16u << 20));
+  c.recv_buffer_count =
+      static_cast<uint32_t>(get_positive(t, "ingest.recv_buffer_count", 2, 32768));
+  if ((c.recv_buffer_count & (c.recv_buffer_count - 1)) != 0) {
+    fail("config", "key 'ingest.recv_buffer_count' = " + std::to_string(c.recv_buffer_count) +
+                       " must be a power of two");
+  }
+  c.udp_rcvbuf_bytes =
+      static_cast<uint32_t>(get_positive(t, "ingest.udp_rcvbuf_bytes", 4096, 1u << 30));
+
+  c.ring_capacity_bytes = get_positive(t, "ring.capacity_bytes", 1u << 16, 1ull << 36);
+  if ((c.ring_capacity_bytes & (c.ring_capacity_bytes - 1)) != 0) {
+    fail("config", "key 'ring.capacity_bytes' = " + std::to_string(c.ring_capacity_bytes) +
+                       " must be a power of two");
+  }
+  if (c.ring_capacity_bytes < 4ull * c.max_line_bytes * 4) {
+    fail("config", "key 'ring.capacity_bytes' must be at least 16 x ingest.max_line_bytes");
+  }
+  std::string mode = get<std::string>(t, "ring.mode");
+  unsigned m = 0;
+  auto [p, ec] = std::from_chars(mode.data(), mode.data() + mode.size(), m, 8);
+  if (ec != std::errc() || p != mode.data() + mode.size() || m > 0777 || (m & 0600) != 0600) {
+    fail("config", "key 'ring.mode' = '" + mode + "' must be an octal mode that includes 0600");
+  }
+  c.ring_mode = m;
+  c.ring_group = get<std::string>(t, "ring.group");
+
+  c.segment_bytes = get_positive(t, "log.segment_bytes", 1u << 16, 1ull << 40);
+  std::string fsync = get<std::string>(t, "log.fsync");
+  if (fsync == "always") {
+    c.fsync = FsyncPolicyKind::kAlways;
+  } else if (fsync == "interval") {
+    c.fsync = FsyncPolicyKind::kInterval;
+  } else if (fsync == "never") {
+    c.fsync = FsyncPolicyKind::kNever;
+  } else {
+    fail("config", "key 'log.fsync' = '" + fsync + "' must be always, interval or never");
+  }
+  c.fsync_interval_ms =
+      static_cast<uint32_t>(get_positive(t, "log.fsync_interval_ms", 1, 3600u * 1000));
+  c.debug_journal_hold_ms = o.debug_journal_hold_ms;
+  return c;
+}
+
+}  // namespace runnel

@@ -1,0 +1,165 @@
+// Daemon start-up and shutdown order: lock the data directory, stats, log recovery, ring
+// validation and recovery, journal, listeners. Shutdown runs it backwards and drains the ring.
+#include "daemon/daemon.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <spdlog/spdlog.h>
+
+#include "daemon/ingest_loop.h"
+#include "daemon/journal.h"
+#include "ipc/ring.h"
+#include "ipc/stats.h"
+#include "storage/log_writer.h"
+
+namespace runnel {
+namespace {
+
+int64_t realtime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+storage::LogOptions::FsyncPolicy to_policy(FsyncPolicyKind k) {
+  using P = storage::LogOptions::FsyncPolicy;
+  switch (k) {
+    case FsyncPolicyKind::kAlways: return P::kAlways;
+    case FsyncPolicyKind::kInterval: return P::kInterval;
+    case FsyncPolicyKind::kNever: return P::kNever;
+  }
+  return P::kInterval;
+}
+
+}  // namespace
+
+Daemon::Daemon(Config config) : config_(std::move(config)) {}
+
+Daemon::~Daemon() {
+  (void)stop();  // errors were logged by stop() itself
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+Status Daemon::lock_data_dir() {
+  std::error_code ec;
+  std::filesystem::create_directories(config_.data_dir, ec);
+  if (ec) return Status::IoError("cannot create data directory " + config_.data_dir.string() + ": " + ec.message());
+  const std::string lock = (config_.data_dir / "runneld.lock").string();
+  lock_fd_ = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (lock_fd_ < 0) return Status::Errno("open " + lock, errno);
+  if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return errno == EWOULDBLOCK
+               ? Status::Busy("another runneld is using data directory " + config_.data_dir.string())
+               : Status::Errno("flock " + lock, errno);
+  }
+  return Status::Ok();
+}
+
+Status Daemon::start() {
+  if (Status s = lock_data_dir(); !s.ok()) return s;
+  int gid = -1;
+  if (!config_.ring_group.empty()) {
+    group* g = getgrnam(config_.ring_group.c_str());
+    if (g == nullptr) return Status::Invalid("ring.group: no group named '" + config_.ring_group + "'");
+    gid = static_cast<int>(g->gr_gid);
+  }
+  auto stats = ipc::StatsSegment::create(config_.shm_name, config_.ring_mode, gid);
+  if (!stats.ok()) return stats.status();
+  stats_ = std::move(stats.value());
+  ipc::StatsBlock& sb = stats_->block();
+
+  // 1. The ring: reuse a segment left by a crash (validated), else create it.
+  ipc::RingOptions ro;
+  ro.mode = config_.ring_mode;
+  if (gid >= 0) ro.gid = static_cast<gid_t>(gid);
+  const std::string ring_name = config_.shm_name + ".ring";
+  auto ring = ipc::Ring::open_or_create(ring_name, config_.ring_capacity_bytes, ro);
+  if (!ring.ok()) return ring.status();
+  ring_ = std::make_unique<ipc::Ring>(std::move(ring.value()));
+  // No producer runs yet: drop what a producer that died mid-write left unfinished.
+  auto recovered = ring_->recover();
+  if (!recovered.ok()) return recovered.status();
+  const ipc::RecoverReport& rr = recovered.value();
+  sb.add(ipc::Counter::kRingDiscardedBytes, rr.discarded_bytes);
+  if (rr.claim_position > rr.start_position || rr.discarded_bytes > 0) {
+    spdlog::warn("ring {} holds records of an earlier run: epoch {:016x}, positions [{}, {}){}",
+                 ring_name, ring_->epoch(), rr.start_position, rr.claim_position,
+                 rr.discarded_bytes ? fmt::format(", {} bytes of unfinished records discarded",
+                                                  rr.discarded_bytes)
+                                    : "");
+  }
+  sb.set(ipc::Counter::kRingCapacity, config_.ring_capacity_bytes);
+
+  // 2. The log: cut a torn tail; the journal resumes exactly after what the log holds.
+  storage::LogOptions lo;
+  lo.dir = config_.data_dir / "log";
+  lo.segment_bytes = config_.segment_bytes;
+  lo.fsync = to_policy(config_.fsync);
+  lo.fsync_interval_ms = config_.fsync_interval_ms;
+  storage::RecoveryReport report;
+  journal_ = std::make_unique<Journal>(*ring_, sb);
+  if (Status s = journal_->open(lo, &report); !s.ok()) return s;
+  if (report.cut) {
+    spdlog::warn("log recovery: cut {} bytes of {} at log offset {}: {}", report.cut->bytes,
+                 report.cut->segment.string(), report.cut->log_offset, report.cut->reason);
+    sb.add(ipc::Counter::kLogTruncatedBytes, report.cut->bytes);
+  }
+  spdlog::info("log {}: {} segment(s), end offset {}", lo.dir.string(), report.segments,
+               report.end_offset);
+  if (Status s = journal_->attach(); !s.ok()) return s;
+  journal_->start(config_.debug_journal_hold_ms);
+
+  // 3. Listeners, last: READY follows.
+  ingest_ = std::make_unique<IngestLoop>(config_, *ring_, sb);
+  if (Status s = ingest_->open(); !s.ok()) return s;
+  ingest_thread_ = std::thread([this] {
+    ingest_status_ = ingest_->run();
+    if (!ingest_status_.ok()) {
+      spdlog::critical("ingest loop failed: {}", ingest_status_.ToString());
+      ingest_failed_.store(true);
+    }
+  });
+  return Status::Ok();
+}
+
+Status Daemon::stop() {
+  if (stopped_) return Status::Ok();
+  stopped_ = true;
+  if (ingest_) {
+    ingest_->request_stop();
+    if (ingest_thread_.joinable()) ingest_thread_.join();
+  }
+  Status s;
+  if (journal_) {
+    s = journal_->stop_and_drain();
+    if (s.ok()) spdlog::info("ring drained; log end offset {}", journal_->log_end_offset());
+  }
+  return s.ok() ? ingest_status_ : s;
+}
+
+bool Daemon::healthy() {
+  if (stats_) stats_->block().heartbeat_ns.store(realtime_ns(), std::memory_order_relaxed);
+  if (!ingest_) return false;
+  const uint64_t hb = ingest_->heartbeat();
+  const bool moved = hb != last_heartbeat_;
+  last_heartbeat_ = hb;
+  return moved;
+}
+
+std::string Daemon::status_line() const {
+  if (!stats_) return "starting";
+  const ipc::StatsBlock& b = stats_->block();
+  return fmt::format("{} points accepted, {} in the log, {} parse errors",
+                     b.get(ipc::Counter::kPointsAccepted), b.get(ipc::Counter::kLogRecords),
+                     b.get(ipc::Counter::kParseMeasurement) + b.get(ipc::Counter::kParseTag) +
+                         b.get(ipc::Counter::kParseFieldKey) + b.get(ipc::Counter::kParseFieldValue) +
+                         b.get(ipc::Counter::kParseNoFields) + b.get(ipc::Counter::kParseTimestamp) +
+                         b.get(ipc::Counter::kParseTooLong));
+}
+
+}  // namespace runnel

@@ -1,0 +1,66 @@
+// The journal: the gating ring consumer that appends every record to the durable log, in ring
+// order, exactly once (each log record carries its ring epoch and position).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "ipc/ring.h"
+#include "ipc/stats.h"
+#include "model/status.h"
+#include "storage/log_writer.h"
+
+namespace runnel {
+
+// Owns the LogWriter. open() and attach() at start-up, then start() runs the journal thread;
+// stop_and_drain() from the thread that started it.
+//
+// Ring space is released only for records that have reached the file (page cache), so a
+// kill -9 never loses a record: it is either in the log or still in the shared-memory ring,
+// and a restart resumes after the last logged ring position.
+class Journal {
+ public:
+  static constexpr uint32_t kConsumerId = ipc::kJournalConsumer;
+
+  Journal(ipc::Ring& ring, ipc::StatsBlock& stats);
+  ~Journal();
+  Journal(const Journal&) = delete;
+  Journal& operator=(const Journal&) = delete;
+
+  // Opens (and recovers) the log.
+  Status open(const storage::LogOptions& options, storage::RecoveryReport* report);
+  // Attaches to the ring after what the log already holds.
+  Status attach();
+  // `hold_ms` > 0 delays consumption (a testing aid; stop_and_drain() ends the hold).
+  void start(uint32_t hold_ms = 0);
+  // Waits until every record placed in the ring so far is in the log, syncs and closes it.
+  // REQUIRES: producers have stopped.
+  Status stop_and_drain();
+
+  uint64_t log_end_offset() const { return writer_ ? writer_->end_offset() : 0; }
+
+ private:
+  void run();
+  // Writes the batch and applies the fsync policy; false after a failure (writer reopened).
+  bool write_batch();
+  Status reopen();
+  void publish_stats();
+
+  ipc::Ring& ring_;
+  ipc::StatsBlock& stats_;
+  storage::LogOptions options_;
+  std::unique_ptr<storage::LogWriter> writer_;
+  std::optional<ipc::GatingConsumer> consumer_;
+  // Ring positions at or below this (of this ring's epoch) are already in the log: a record
+  // the log took before a failure or crash is never appended twice.
+  std::optional<uint64_t> logged_up_to_;
+  uint64_t recovered_end_ = 0;  // ring records before this position were left by an earlier run
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  Status final_status_;
+};
+
+}  // namespace runnel

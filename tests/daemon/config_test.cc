@@ -1,0 +1,111 @@
+// runneld configuration: defaults, the file, overrides, and errors that name the key.
+#include "daemon/config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+
+namespace runnel {
+namespace {
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  std::filesystem::path write(const std::string& text) {
+    path_ = std::filesystem::temp_directory_path() / ("runnel-config-" + std::to_string(getpid()) + ".toml");
+    std::ofstream(path_) << text;
+    return path_;
+  }
+  void TearDown() override { std::filesystem::remove(path_); }
+  std::string error_of(const std::string& text, ConfigOverrides o = {}) {
+    try {
+      load_config(write(text), o);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  }
+  std::filesystem::path path_;
+};
+
+TEST_F(ConfigTest, EmbeddedDefaultsGiveTheDocumentedListeners) {
+  Config c = load_config(std::nullopt, {});
+  ASSERT_EQ(c.listen.size(), 3u);
+  EXPECT_EQ(c.listen[0].kind, ListenSpec::Kind::kTcp);
+  EXPECT_EQ(c.listen[0].port, 8094);
+  EXPECT_EQ(c.listen[1].kind, ListenSpec::Kind::kUdp);
+  EXPECT_EQ(c.listen[1].port, 8089);
+  EXPECT_EQ(c.listen[2].kind, ListenSpec::Kind::kUnix);
+  EXPECT_EQ(c.listen[2].path, runtime_dir() + "/runnel.sock");
+  EXPECT_EQ(c.shm_name, "runnel");
+  EXPECT_EQ(c.fsync, FsyncPolicyKind::kInterval);
+}
+
+TEST_F(ConfigTest, PrintedDefaultsParseBackUnchanged) {
+  Config a = load_config(std::nullopt, {});
+  Config b = load_config(write(std::string(default_config_toml())), {});
+  EXPECT_EQ(a.ring_capacity_bytes, b.ring_capacity_bytes);
+  EXPECT_EQ(a.segment_bytes, b.segment_bytes);
+  EXPECT_EQ(a.listen.size(), b.listen.size());
+}
+
+TEST_F(ConfigTest, FileValuesOverrideDefaults) {
+  Config c = load_config(write("[log]\nfsync = \"always\"\nsegment_bytes = 1048576\n"), {});
+  EXPECT_EQ(c.fsync, FsyncPolicyKind::kAlways);
+  EXPECT_EQ(c.segment_bytes, 1048576u);
+  EXPECT_EQ(c.fsync_interval_ms, 1000u);  // untouched keys keep their default
+}
+
+TEST_F(ConfigTest, FlagsOverrideTheFile) {
+  ConfigOverrides o;
+  o.data_dir = "/tmp/x";
+  o.shm_name = "other";
+  o.listen = {"tcp://127.0.0.1:9999?precision=ms"};
+  Config c = load_config(write("[daemon]\nshm_name = \"fromfile\"\n"), o);
+  EXPECT_EQ(c.data_dir, "/tmp/x");
+  EXPECT_EQ(c.shm_name, "other");
+  ASSERT_EQ(c.listen.size(), 1u);
+  EXPECT_EQ(c.listen[0].port, 9999);
+  EXPECT_EQ(c.listen[0].precision, Precision::kMs);
+}
+
+TEST_F(ConfigTest, UnknownKeyIsNamed) {
+  EXPECT_NE(error_of("[log]\nfsnyc = \"always\"\n").find("unknown key 'log.fsnyc'"), std::string::npos);
+  EXPECT_NE(error_of("[nope]\n").find("unknown key 'nope'"), std::string::npos);
+}
+
+TEST_F(ConfigTest, WrongTypeIsNamed) {
+  EXPECT_NE(error_of("[log]\nsegment_bytes = \"big\"\n").find("'log.segment_bytes' has the wrong type"),
+            std::string::npos);
+}
+
+TEST_F(ConfigTest, BadValuesAreNamed) {
+  EXPECT_NE(error_of("[log]\nfsync = \"sometimes\"\n").find("log.fsync"), std::string::npos);
+  EXPECT_NE(error_of("[ring]\ncapacity_bytes = 100000\n").find("ring.capacity_bytes"), std::string::npos);
+  EXPECT_NE(error_of("[ring]\nmode = \"0999\"\n").find("ring.mode"), std::string::npos);
+  EXPECT_NE(error_of("[ingest]\nlisten = [\"http://x:1\"]\n").find("ingest.listen"), std::string::npos);
+  EXPECT_NE(error_of("[ingest]\nlisten = [\"tcp://127.0.0.1:99999\"]\n").find("bad port"), std::string::npos);
+  EXPECT_NE(error_of("[daemon]\nshm_name = \"a/b\"\n").find("daemon.shm_name"), std::string::npos);
+}
+
+TEST_F(ConfigTest, SyntaxErrorNamesFileAndLine) {
+  std::string e = error_of("[log\nfsync = 1\n");
+  EXPECT_NE(e.find(path_.string() + ":1:"), std::string::npos) << e;
+}
+
+TEST(ListenSpecTest, ParsesEveryScheme) {
+  std::string err;
+  auto t = ListenSpec::parse("tcp://[::1]:8094", "/run/x", &err);
+  ASSERT_TRUE(t) << err;
+  EXPECT_EQ(t->host, "::1");
+  auto u = ListenSpec::parse("unix://@runtime/s.sock?precision=s", "/run/x", &err);
+  ASSERT_TRUE(u) << err;
+  EXPECT_EQ(u->path, "/run/x/s.sock");
+  EXPECT_EQ(u->precision, Precision::kS);
+  EXPECT_FALSE(ListenSpec::parse("unix://relative.sock", "/run/x", &err));
+  EXPECT_FALSE(ListenSpec::parse("tcp://host", "/run/x", &err));
+  EXPECT_FALSE(ListenSpec::parse("udp://h:1?precision=h", "/run/x", &err));
+}
+
+}  // namespace
+}  // namespace runnel
