@@ -102,6 +102,9 @@ Runneld::~Runneld() {
 
 void Runneld::start(const std::string& config_toml, const std::vector<std::string>& extra_args,
                     const std::map<std::string, std::string>& env) {
+  // Messages of an earlier run must not satisfy waits for this one.
+  drain_notify(std::chrono::milliseconds(0));
+  notify_.clear();
   const auto config_path = dir_ / "runneld.toml";
   std::ofstream(config_path) << config_toml;
   std::vector<std::string> args = {RUNNELD_PATH,

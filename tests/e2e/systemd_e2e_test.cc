@@ -93,5 +93,16 @@ TEST(SystemdE2E, UnitFilesVerify) {
   EXPECT_EQ(out.find("runneld.service:"), std::string::npos) << out;
 }
 
+TEST(SystemdE2E, SysusersFileDeclaresTheServiceUser) {
+  FILE* p = popen("systemd-sysusers --dry-run " RUNNEL_SOURCE_DIR "/systemd/runnel.sysusers.conf 2>&1", "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  EXPECT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
+  // Either it would create the user, or the user already exists on this machine.
+  EXPECT_TRUE(out.find("'runnel'") != std::string::npos || out.empty()) << out;
+}
+
 }  // namespace
 }  // namespace runnel::e2e
