@@ -53,6 +53,44 @@ segment_bytes = 268435456
 # fsync_interval_ms; never: leave it to the kernel.
 fsync = "interval"
 fsync_interval_ms = 1000
+
+[speed]
+# Speed-path workers (oneTBB); each owns one shard of every live table. A power of two.
+workers = 2
+# Ring records handed to the workers per step.
+batch_records = 8192
+
+# Views: declare any number of [[view]] tables (keys below). With none, one view named
+# "default" covers every measurement and numeric field per series at 1s, 1m and 1h with
+# count, sum, min, max, mean and last.
+#
+# [[view]]
+# name = "cpu_by_host"
+# measurements = ["cpu", "disk_*"]   # exact names or globs
+# fields = ["usage_user"]            # [] = every numeric field
+# group_by = ["host"]                # ["*"] = every tag (one row per series); [] = none
+# buckets = ["1s", "1m", "1h"]
+# aggregates = ["count", "mean", "stddev", "p50", "p99", "distinct(host)"]
+# live_window = "2h"                 # older events are late: only the batch layer places them
+# capacity = 1048576                 # live entries (all buckets of all rows)
+# hll_precision = 12                 # distinct: 2^p registers, error ~1.04/sqrt(2^p)
+# quantile_accuracy = 0.01           # relative error of quantiles
+# quantile_max_bins = 2048
+)toml";
+
+// The keys of one [[view]] table and their defaults.
+constexpr std::string_view kViewSchema = R"toml(
+name = ""
+measurements = ["*"]
+fields = []
+group_by = ["*"]
+buckets = ["1s", "1m", "1h"]
+aggregates = ["count", "sum", "min", "max", "mean", "last"]
+live_window = "2h"
+capacity = 1048576
+hll_precision = 12
+quantile_accuracy = 0.01
+quantile_max_bins = 2048
 )toml";
 
 [[noreturn]] void fail(const std::string& where, const std::string& msg) {
@@ -64,8 +102,20 @@ void check_keys(const toml::table& user, const toml::table& schema, const std::s
                 const std::string& file) {
   for (const auto& [k, v] : user) {
     std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    if (prefix.empty() && k.str() == "view") {
+      const toml::array* views = v.as_array();
+      if (views == nullptr || !views->is_array_of_tables()) {
+        fail(file, "key 'view' must be an array of tables ([[view]])");
+      }
+      static const toml::table view_schema = toml::parse(kViewSchema, std::string_view("<view>"));
+      for (size_t i = 0; i < views->size(); ++i) {
+        check_keys(*views->get(i)->as_table(), view_schema, "view[" + std::to_string(i) + "]", file);
+      }
+      continue;
+    }
     const toml::node* s = schema.get(k.str());
     if (s == nullptr) fail(file, "unknown key '" + key + "'");
+    // An empty array in the schema accepts any array (its element type is checked on use).
     if (s->type() != v.type()) {
       fail(file, "key '" + key + "' has the wrong type (expected " +
                      std::string(toml::impl::node_type_friendly_names[static_cast<int>(s->type())]) +
@@ -107,6 +157,65 @@ std::optional<Precision> parse_precision(std::string_view s) {
   if (s == "ms") return Precision::kMs;
   if (s == "s") return Precision::kS;
   return std::nullopt;
+}
+
+std::vector<std::string> string_list(const toml::table& t, std::string_view key, const std::string& where) {
+  std::vector<std::string> out;
+  const toml::array* arr = t.at_path(key).as_array();
+  if (arr == nullptr) fail("config", where + ": '" + std::string(key) + "' must be an array of strings");
+  for (const auto& n : *arr) {
+    auto s = n.value<std::string>();
+    if (!s) fail("config", where + ": '" + std::string(key) + "' must be an array of strings");
+    out.push_back(*s);
+  }
+  return out;
+}
+
+std::vector<ViewDef> load_views(const toml::table& t) {
+  const toml::array* arr = t.at_path("view").as_array();
+  if (arr == nullptr || arr->empty()) return {default_view()};
+  const toml::table schema = toml::parse(kViewSchema, std::string_view("<view>"));
+  std::vector<ViewDef> views;
+  for (size_t i = 0; i < arr->size(); ++i) {
+    toml::table vt = schema;
+    merge(vt, *arr->get(i)->as_table());
+    const std::string where = "view[" + std::to_string(i) + "]";
+    ViewDef v;
+    v.name = get<std::string>(vt, "name");
+    const std::string named = v.name.empty() ? where : "view '" + v.name + "'";
+    if (v.name.empty()) fail("config", where + ": 'name' is required");
+    v.measurements = string_list(vt, "measurements", named);
+    v.fields = string_list(vt, "fields", named);
+    auto group = string_list(vt, "group_by", named);
+    v.group_all_tags = group.size() == 1 && group[0] == "*";
+    if (!v.group_all_tags) {
+      std::sort(group.begin(), group.end());
+      v.group_by = group;
+    }
+    v.widths_ns.clear();
+    for (const auto& b : string_list(vt, "buckets", named)) {
+      auto d = parse_duration_ns(b);
+      if (!d.ok()) fail("config", named + ": buckets: " + d.status().message());
+      v.widths_ns.push_back(d.value());
+    }
+    std::sort(v.widths_ns.begin(), v.widths_ns.end());
+    v.aggregates = string_list(vt, "aggregates", named);
+    auto w = parse_duration_ns(get<std::string>(vt, "live_window"));
+    if (!w.ok()) fail("config", named + ": live_window: " + w.status().message());
+    v.live_window_ns = w.value();
+    v.capacity = get_positive(vt, "capacity", 0, UINT64_MAX >> 1);
+    v.hll_precision = static_cast<uint32_t>(get_positive(vt, "hll_precision", 0, 64));
+    auto acc = vt.at_path("quantile_accuracy").value<double>();
+    if (!acc) fail("config", named + ": 'quantile_accuracy' must be a number");
+    v.quantile_accuracy = *acc;
+    v.quantile_max_bins = static_cast<uint32_t>(get_positive(vt, "quantile_max_bins", 0, 1u << 30));
+    if (Status s = v.validate(); !s.ok()) fail("config", s.message());
+    for (const auto& other : views) {
+      if (other.name == v.name) fail("config", "view '" + v.name + "' is declared twice");
+    }
+    views.push_back(std::move(v));
+  }
+  return views;
 }
 
 }  // namespace
@@ -291,6 +400,13 @@ Config load_config(const std::optional<std::filesystem::path>& path, const Confi
   }
   c.fsync_interval_ms =
       static_cast<uint32_t>(get_positive(t, "log.fsync_interval_ms", 1, 3600u * 1000));
+  c.speed_workers = static_cast<uint32_t>(get_positive(t, "speed.workers", 1, 64));
+  if ((c.speed_workers & (c.speed_workers - 1)) != 0) {
+    fail("config", "key 'speed.workers' = " + std::to_string(c.speed_workers) + " must be a power of two");
+  }
+  c.speed_batch_records =
+      static_cast<uint32_t>(get_positive(t, "speed.batch_records", 1, 1u << 20));
+  c.views = load_views(t);
   c.debug_journal_hold_ms = o.debug_journal_hold_ms;
   return c;
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/line_protocol.h"
+#include "model/view.h"
 
 namespace runnel {
 
@@ -51,6 +52,11 @@ struct Config {
   uint64_t segment_bytes = 0;
   FsyncPolicyKind fsync = FsyncPolicyKind::kInterval;
   uint32_t fsync_interval_ms = 0;
+  // [speed]
+  uint32_t speed_workers = 0;  // a power of two
+  uint32_t speed_batch_records = 0;
+  // [[view]]; default_view() when none is declared. Validated, names unique.
+  std::vector<ViewDef> views;
   // Testing aid, command line only: the journal leaves the ring alone for this long after
   // start, so a test can fill the ring or crash with records only in the ring.
   uint32_t debug_journal_hold_ms = 0;

@@ -93,6 +93,48 @@ TEST_F(ConfigTest, SyntaxErrorNamesFileAndLine) {
   EXPECT_NE(e.find(path_.string() + ":1:"), std::string::npos) << e;
 }
 
+TEST_F(ConfigTest, NoViewsMeansTheDefaultView) {
+  Config c = load_config(std::nullopt, {});
+  ASSERT_EQ(c.views.size(), 1u);
+  EXPECT_EQ(c.views[0].name, "default");
+  EXPECT_TRUE(c.views[0].group_all_tags);
+  EXPECT_EQ(c.views[0].widths_ns.size(), 3u);
+  EXPECT_EQ(c.speed_workers, 2u);
+}
+
+TEST_F(ConfigTest, ViewTablesAreReadWithDefaultsForMissingKeys) {
+  Config c = load_config(write("[[view]]\nname = \"cpu\"\nmeasurements = [\"cpu*\"]\n"
+                               "group_by = [\"region\", \"host\"]\nbuckets = [\"1m\", \"10s\"]\n"
+                               "aggregates = [\"count\", \"p99\"]\n"
+                               "[[view]]\nname = \"all\"\n"), {});
+  ASSERT_EQ(c.views.size(), 2u);
+  const ViewDef& v = c.views[0];
+  EXPECT_EQ(v.name, "cpu");
+  EXPECT_FALSE(v.group_all_tags);
+  EXPECT_EQ(v.group_by, (std::vector<std::string>{"host", "region"}));
+  EXPECT_EQ(v.widths_ns, (std::vector<int64_t>{10'000'000'000, 60'000'000'000}));
+  EXPECT_TRUE(v.matches_measurement("cpu_total"));
+  EXPECT_FALSE(v.matches_measurement("disk"));
+  EXPECT_EQ(c.views[1].aggregates, default_view().aggregates);
+  auto back = parse_view(v.canonical());
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->canonical(), v.canonical());
+  EXPECT_EQ(back->definition_hash(), v.definition_hash());
+}
+
+TEST_F(ConfigTest, BadViewDefinitionsNameTheView) {
+  EXPECT_NE(error_of("[[view]]\nname = \"v\"\nbukets = [\"1s\"]\n").find("unknown key 'view[0].bukets'"),
+            std::string::npos);
+  EXPECT_NE(error_of("[[view]]\nname = \"v\"\nbuckets = [\"1x\"]\n").find("view 'v': buckets"),
+            std::string::npos);
+  EXPECT_NE(error_of("[[view]]\nname = \"v\"\nbuckets = [\"1s\", \"1s\"]\n").find("view 'v'"),
+            std::string::npos);
+  EXPECT_NE(error_of("[[view]]\nname = \"v\"\n[[view]]\nname = \"v\"\n").find("declared twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("[[view]]\nmeasurements = [\"x\"]\n").find("'name' is required"), std::string::npos);
+  EXPECT_NE(error_of("[speed]\nworkers = 3\n").find("speed.workers"), std::string::npos);
+}
+
 TEST(ListenSpecTest, ParsesEveryScheme) {
   std::string err;
   auto t = ListenSpec::parse("tcp://[::1]:8094", "/run/x", &err);
