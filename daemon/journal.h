@@ -45,7 +45,7 @@ class Journal {
  private:
   void run();
   // Writes the batch and applies the fsync policy; false after a failure (writer reopened).
-  bool write_batch();
+  bool write_batch(size_t* records);
   Status reopen();
   void publish_stats();
 

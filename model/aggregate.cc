@@ -328,7 +328,7 @@ void AggregateLayout::init(std::span<std::byte> state) const {
 }
 
 void AggregateLayout::update(std::span<std::byte> state, double value, int64_t ts_ns,
-                             uint64_t distinct_hash) const {
+                             uint64_t distinct_hash, bool has_distinct) const {
   assert(state.size() == state_bytes_);
   std::byte* p = state.data();
   const uint64_t n = load<uint64_t>(p) + 1;  // the count component is always at offset 0
@@ -350,7 +350,7 @@ void AggregateLayout::update(std::span<std::byte> state, double value, int64_t t
   if (const size_t off = offset(AggComponent::kLast); off != kAbsent) {
     fold_event(p + off, ts_ns, value, /*keep_first=*/false, n == 1);
   }
-  if (hll_) {
+  if (hll_ && has_distinct) {
     hll_->add(state.subspan(offset(AggComponent::kDistinct), hll_->state_bytes()), distinct_hash);
   }
   if (sketch_) {

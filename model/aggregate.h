@@ -162,9 +162,10 @@ class AggregateLayout {
   // Every state span below holds exactly state_bytes() bytes.
   void init(std::span<std::byte> state) const;
   // Adds one event. distinct_hash is XXH3_64bits of the distinct-counted value; it is ignored
-  // when there is no distinct output.
+  // when there is no distinct output, or when has_distinct is false (the event lacks the tag or
+  // field that distinct(x) counts: it still counts everywhere else).
   void update(std::span<std::byte> state, double value, int64_t ts_ns,
-              uint64_t distinct_hash) const;
+              uint64_t distinct_hash, bool has_distinct = true) const;
   // dst ⊕= src. Associative and commutative; an empty state is the identity (bitwise).
   // REQUIRES: dst and src do not overlap (to double a state, merge a copy).
   void merge(std::span<std::byte> dst, std::span<const std::byte> src) const;

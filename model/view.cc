@@ -103,6 +103,7 @@ Status ViewDef::validate() const {
   if (aggregates.empty()) return bad("aggregates is empty");
   for (const auto& a : aggregates) {
     if (a.empty() || a.find_first_of(";=\n") != std::string::npos) return bad("bad aggregate '" + a + "'");
+    if (a == "distinct") return bad("aggregate 'distinct' must name what it counts: distinct(TAG_OR_FIELD)");
   }
   if (live_window_ns <= 0) return bad("live_window must be positive");
   if (capacity < 64 || capacity > (uint64_t{1} << 32)) return bad("capacity must be in [64, 2^32]");
@@ -124,7 +125,10 @@ std::string ViewDef::canonical() const {
     join(&s, group_by);
   }
   s += ";buckets=";
-  for (size_t i = 0; i < widths_ns.size(); ++i) s += (i ? "," : "") + format_duration_ns(widths_ns[i]);
+  for (size_t i = 0; i < widths_ns.size(); ++i) {
+    if (i) s += ',';
+    s += format_duration_ns(widths_ns[i]);
+  }
   s += ";aggregates=";
   join(&s, aggregates);
   s += ";live_window=" + format_duration_ns(live_window_ns);

@@ -11,14 +11,16 @@ namespace {
 
 void put_u16(std::vector<std::byte>* out, size_t v) {
   const uint16_t x = static_cast<uint16_t>(v);
-  const auto* p = reinterpret_cast<const std::byte*>(&x);
-  out->insert(out->end(), p, p + 2);
+  const size_t at = out->size();
+  out->resize(at + 2);
+  std::memcpy(out->data() + at, &x, 2);
 }
 
 void put_str(std::vector<std::byte>* out, std::string_view s) {
   put_u16(out, s.size());
-  const auto* p = reinterpret_cast<const std::byte*>(s.data());
-  out->insert(out->end(), p, p + s.size());
+  const size_t at = out->size();
+  out->resize(at + s.size());
+  if (!s.empty()) std::memcpy(out->data() + at, s.data(), s.size());
 }
 
 bool get_str(std::span<const std::byte> b, size_t* at, std::string_view* out) {
