@@ -6,19 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
 #include <cstring>
 #include <memory>
 #include <new>
-#include <random>
-#include <thread>
 
 #include "ipc/futex.h"
+#include "ipc/shm_object.h"
 
 namespace runnel::ipc {
-
-namespace bip = boost::interprocess;
 
 // Invariants the code below keeps (positions are byte positions, see ring_layout.h):
 //  I1  every claim end <= gate + capacity at the time of the claim, and gate never exceeds the
@@ -31,8 +26,8 @@ namespace detail {
 // Owns one mapping of a segment. Heap-allocated so its address (and attached_ids) stays put when
 // the Ring or Subscriber that owns it is moved.
 struct Segment {
-  std::string name;
-  bip::mapped_region region;
+  explicit Segment(ShmObject s) : shm(std::move(s)) {}
+  ShmObject shm;
   std::atomic<uint32_t> attached_ids{0};  // in-process guard: one GatingConsumer per id
 };
 
@@ -42,19 +37,13 @@ namespace {
 
 using detail::Segment;
 
+constexpr std::string_view kKind = "ring";
+
 bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 uint32_t max_payload_for(uint64_t capacity) {
   return static_cast<uint32_t>(
       std::min<uint64_t>(capacity / 4 - kRecordHeaderBytes, kMaxPayloadLimit));
-}
-
-Status check_name(const std::string& name) {
-  if (name.empty() || name.size() > 200 || name.find('/') != std::string::npos) {
-    return Status::Invalid(
-        fmt::format("ring name '{}': must be 1-200 characters without '/'", name));
-  }
-  return Status::Ok();
 }
 
 Status check_capacity(const std::string& name, uint64_t capacity) {
@@ -67,7 +56,7 @@ Status check_capacity(const std::string& name, uint64_t capacity) {
 }
 
 RingView make_view(Segment& s) {
-  auto* base = static_cast<std::byte*>(s.region.get_address());
+  std::byte* base = s.shm.data();
   RingView v;
   v.header = std::launder(reinterpret_cast<RingHeader*>(base));
   v.data = base + kRingHeaderBytes;
@@ -79,28 +68,19 @@ RingView make_view(Segment& s) {
 
 // Validates a mapped header; `expect_capacity` is 0 when any capacity will do.
 Status validate(const Segment& s, uint64_t expect_capacity) {
-  const auto* h = static_cast<const RingHeader*>(s.region.get_address());
-  const uint64_t size = s.region.get_size();
-  const std::string where = fmt::format("ring '{}' (/dev/shm/{})", s.name, s.name);
-  // Acquire: pairs with the creator's release store of magic, after every other header field.
-  const uint64_t magic = h->magic.load(std::memory_order_acquire);
-  if (magic != kRingMagic) {
-    return Status::Corruption(
-        fmt::format("{}: magic {:#018x} is not a runnel ring ({:#018x}); "
-                    "remove it if it is stale",
-                    where, magic, kRingMagic));
-  }
-  if (h->layout_version != kRingLayoutVersion) {
-    return Status::Unsupported(fmt::format("{}: layout version {} but this build speaks version {}",
-                                           where, h->layout_version, kRingLayoutVersion));
-  }
+  const auto* h = reinterpret_cast<const RingHeader*>(s.shm.data());
+  const uint64_t size = s.shm.size();
+  const std::string where = s.shm.where();
+  // Acquires the magic: pairs with the creator's release store, after every other header field.
+  if (Status st = s.shm.check_magic_and_version(kRingMagic, kRingLayoutVersion); !st.ok())
+    return st;
   if (h->header_bytes != kRingHeaderBytes || h->max_consumers != kMaxConsumers) {
     return Status::Corruption(
         fmt::format("{}: header_bytes {} / max_consumers {}, expected {} / {}", where,
                     h->header_bytes, h->max_consumers, kRingHeaderBytes, kMaxConsumers));
   }
   const uint64_t cap = h->capacity_bytes;
-  if (Status st = check_capacity(s.name, cap); !st.ok())
+  if (Status st = check_capacity(s.shm.name(), cap); !st.ok())
     return Status::Corruption(where + ": " + st.message());
   if (size != kRingHeaderBytes + cap) {
     return Status::Corruption(fmt::format("{}: object is {} bytes but header {} + capacity {} = {}",
@@ -120,96 +100,35 @@ Status validate(const Segment& s, uint64_t expect_capacity) {
   return Status::Ok();
 }
 
-// Maps an existing object; waits briefly for a concurrent creator to finish initialising it.
-Result<std::unique_ptr<Segment>> map_existing(const std::string& name, bip::mode_t mode,
+// Maps an existing object (waiting briefly for a concurrent creator) and validates it.
+Result<std::unique_ptr<Segment>> map_existing(const std::string& name, ShmAccess access,
                                               uint64_t expect_capacity) {
-  if (Status st = check_name(name); !st.ok()) return st;
-  Status last;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    try {
-      bip::shared_memory_object shm(bip::open_only, name.c_str(), mode);
-      bip::offset_t size = 0;
-      if (!shm.get_size(size) || size < static_cast<bip::offset_t>(kRingHeaderBytes)) {
-        last = Status::Corruption(
-            fmt::format("ring '{}' (/dev/shm/{}): object is {} bytes, smaller than the "
-                        "{}-byte header; a creator died or is still initialising it",
-                        name, name, size, kRingHeaderBytes));
-      } else {
-        auto seg = std::make_unique<Segment>();
-        seg->name = name;
-        seg->region = bip::mapped_region(shm, mode);
-        const auto* h = static_cast<const RingHeader*>(seg->region.get_address());
-        // Acquire: pairs with the creator's release store of magic (validate() loads it again).
-        if (h->magic.load(std::memory_order_acquire) != 0 || attempt == 99) {
-          if (Status st = validate(*seg, expect_capacity); !st.ok()) return st;
-          return seg;
-        }
-        last = Status::Corruption(
-            fmt::format("ring '{}' (/dev/shm/{}): header never initialised", name, name));
-      }
-    } catch (const bip::interprocess_exception& e) {
-      if (e.get_error_code() == bip::not_found_error) {
-        return Status::NotFound(
-            fmt::format("ring '{}' (/dev/shm/{}): no such shared memory object", name, name));
-      }
-      return Status::IoError(
-          fmt::format("ring '{}' (/dev/shm/{}): open/map failed: {}", name, name, e.what()));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return last;
-}
-
-uint64_t random_epoch() {
-  std::random_device rd;
-  const uint64_t e = (uint64_t{rd()} << 32) ^ uint64_t { rd() };
-  return e == 0 ? 1 : e;
+  auto shm = ShmObject::open(kKind, name, access, kRingHeaderBytes);
+  if (!shm.ok()) return shm.status();
+  auto seg = std::make_unique<Segment>(std::move(shm).value());
+  if (Status st = validate(*seg, expect_capacity); !st.ok()) return st;
+  return seg;
 }
 
 // Creates and initialises a new object; NotFound-free: returns Busy if it already exists.
 Result<std::unique_ptr<Segment>> create_segment(const std::string& name, uint64_t capacity,
                                                 const RingOptions& options) {
-  std::optional<bip::shared_memory_object> shm;
-  try {
-    shm.emplace(bip::create_only, name.c_str(), bip::read_write, bip::permissions(options.mode));
-  } catch (const bip::interprocess_exception& e) {
-    if (e.get_error_code() == bip::already_exists_error) return Status::Busy("exists");
-    return Status::IoError(
-        fmt::format("ring '{}' (/dev/shm/{}): create failed: {}", name, name, e.what()));
-  }
-  auto fail = [&](Status st) {
-    bip::shared_memory_object::remove(name.c_str());
-    return st;
-  };
-  if (options.gid &&
-      fchown(shm->get_mapping_handle().handle, static_cast<uid_t>(-1), *options.gid) != 0) {
-    return fail(Status::Errno(
-        fmt::format("ring '{}' (/dev/shm/{}): fchown to gid {}", name, name, *options.gid), errno));
-  }
-  auto seg = std::make_unique<Segment>();
-  seg->name = name;
-  try {
-    shm->truncate(static_cast<bip::offset_t>(kRingHeaderBytes + capacity));
-    seg->region = bip::mapped_region(*shm, bip::read_write);
-  } catch (const bip::interprocess_exception& e) {
-    return fail(Status::IoError(fmt::format("ring '{}' (/dev/shm/{}): size/map {} bytes failed: {}",
-                                            name, name, kRingHeaderBytes + capacity, e.what())));
-  }
+  auto shm = ShmObject::create(kKind, name, kRingHeaderBytes + capacity,
+                               ShmOptions{options.mode, options.gid});
+  if (!shm.ok()) return shm.status();
+  auto seg = std::make_unique<Segment>(std::move(shm).value());
   // The object is zero-filled; construct the header's atomics in place (all zero) and fill it.
-  auto* h = std::construct_at(static_cast<RingHeader*>(seg->region.get_address()));
+  auto* h = std::construct_at(reinterpret_cast<RingHeader*>(seg->shm.data()));
   h->layout_version = kRingLayoutVersion;
   h->header_bytes = kRingHeaderBytes;
   h->capacity_bytes = capacity;
-  h->epoch = random_epoch();
-  h->created_unix_ns =
-      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count());
+  h->epoch = random_instance_id();
+  h->created_unix_ns = unix_now_ns();
   h->max_payload_bytes = max_payload_for(capacity);
   h->max_consumers = kMaxConsumers;
   for (uint32_t i = 0; i < kMaxConsumers; ++i) h->consumers[i].id = i;
-  auto* first = std::construct_at(reinterpret_cast<RecordHeader*>(
-      static_cast<std::byte*>(seg->region.get_address()) + kRingHeaderBytes));
+  auto* first =
+      std::construct_at(reinterpret_cast<RecordHeader*>(seg->shm.data() + kRingHeaderBytes));
   first->commit_pos.store(kNeverCommitted, std::memory_order_relaxed);  // published with magic
   // Release: pairs with the acquire load of magic in validate(); publishes every field above.
   h->magic.store(kRingMagic, std::memory_order_release);
@@ -380,32 +299,25 @@ Ring::~Ring() = default;
 
 Result<Ring> Ring::open_or_create(const std::string& name, uint64_t capacity_bytes,
                                   const RingOptions& options) {
-  if (Status st = check_name(name); !st.ok()) return st;
+  if (Status st = ShmObject::check_name(kKind, name); !st.ok()) return st;
   if (Status st = check_capacity(name, capacity_bytes); !st.ok()) return st;
   auto created = create_segment(name, capacity_bytes, options);
   if (created.ok()) return Ring(std::move(created).value());
   if (created.status().code() != Status::Code::kBusy) return created.status();
-  auto existing = map_existing(name, bip::read_write, capacity_bytes);
+  auto existing = map_existing(name, ShmAccess::kReadWrite, capacity_bytes);
   if (!existing.ok()) return existing.status();
   return Ring(std::move(existing).value());
 }
 
 Result<Ring> Ring::open(const std::string& name) {
-  auto existing = map_existing(name, bip::read_write, 0);
+  auto existing = map_existing(name, ShmAccess::kReadWrite, 0);
   if (!existing.ok()) return existing.status();
   return Ring(std::move(existing).value());
 }
 
-Status Ring::remove(const std::string& name) {
-  if (Status st = check_name(name); !st.ok()) return st;
-  if (!bip::shared_memory_object::remove(name.c_str())) {
-    return Status::NotFound(
-        fmt::format("ring '{}' (/dev/shm/{}): remove failed (not found?)", name, name));
-  }
-  return Status::Ok();
-}
+Status Ring::remove(const std::string& name) { return ShmObject::remove(kKind, name); }
 
-const std::string& Ring::name() const { return segment_->name; }
+const std::string& Ring::name() const { return segment_->shm.name(); }
 
 WriteStatus Ring::try_write(std::span<const std::byte> payload) {
   uint64_t pos = 0;
@@ -688,7 +600,7 @@ Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
 Subscriber::~Subscriber() = default;
 
 Result<Subscriber> Subscriber::open(const std::string& name, StartAt start) {
-  auto existing = map_existing(name, bip::read_only, 0);
+  auto existing = map_existing(name, ShmAccess::kReadOnly, 0);
   if (!existing.ok()) return existing.status();
   Subscriber sub(std::move(existing).value());
   // Acquire: pairs with the claim CAS (seq_cst, so also a release) in claim_space.
@@ -698,8 +610,7 @@ Result<Subscriber> Subscriber::open(const std::string& name, StartAt start) {
 }
 
 std::span<const std::byte> Subscriber::mapping() const {
-  return {static_cast<const std::byte*>(segment_->region.get_address()),
-          segment_->region.get_size()};
+  return {segment_->shm.data(), segment_->shm.size()};
 }
 
 // The oldest position guaranteed to be a retained record boundary: the minimum active gating
