@@ -55,6 +55,8 @@ fsync = "interval"
 fsync_interval_ms = 1000
 
 [speed]
+# false: ingest and the durable log only, no live tables.
+enabled = true
 # Speed-path workers (oneTBB); each owns one shard of every live table. A power of two.
 workers = 2
 # Ring records handed to the workers per step.
@@ -400,6 +402,7 @@ Config load_config(const std::optional<std::filesystem::path>& path, const Confi
   }
   c.fsync_interval_ms =
       static_cast<uint32_t>(get_positive(t, "log.fsync_interval_ms", 1, 3600u * 1000));
+  c.speed_enabled = get<bool>(t, "speed.enabled");
   c.speed_workers = static_cast<uint32_t>(get_positive(t, "speed.workers", 1, 64));
   if ((c.speed_workers & (c.speed_workers - 1)) != 0) {
     fail("config", "key 'speed.workers' = " + std::to_string(c.speed_workers) + " must be a power of two");

@@ -53,6 +53,7 @@ struct Config {
   FsyncPolicyKind fsync = FsyncPolicyKind::kInterval;
   uint32_t fsync_interval_ms = 0;
   // [speed]
+  bool speed_enabled = true;
   uint32_t speed_workers = 0;  // a power of two
   uint32_t speed_batch_records = 0;
   // [[view]]; default_view() when none is declared. Validated, names unique.

@@ -13,6 +13,7 @@
 
 #include "daemon/ingest_loop.h"
 #include "daemon/journal.h"
+#include "daemon/speed_path.h"
 #include "ipc/ring.h"
 #include "ipc/stats.h"
 #include "storage/log_writer.h"
@@ -114,7 +115,19 @@ Status Daemon::start() {
   if (Status s = journal_->attach(); !s.ok()) return s;
   journal_->start(config_.debug_journal_hold_ms);
 
-  // 3. Listeners, last: READY follows.
+  // 3. The speed path: new live tables, fed from the ring (also what an earlier run left).
+  if (config_.speed_enabled) {
+    speed_ = std::make_unique<SpeedPath>(config_, *ring_, sb);
+    if (Status s = speed_->open(); !s.ok()) return s;
+    speed_->start();
+  } else {
+    // A speed consumer left active by an earlier run must not gate producers forever.
+    auto c = ring_->attach_consumer(ipc::kSpeedPathConsumer, ipc::Ring::StartAt::kResume);
+    if (!c.ok()) return c.status();
+    c->detach();
+  }
+
+  // 4. Listeners, last: READY follows.
   ingest_ = std::make_unique<IngestLoop>(config_, *ring_, sb);
   if (Status s = ingest_->open(); !s.ok()) return s;
   ingest_thread_ = std::thread([this] {
@@ -135,9 +148,11 @@ Status Daemon::stop() {
     if (ingest_thread_.joinable()) ingest_thread_.join();
   }
   Status s;
+  if (speed_) s = speed_->stop_and_drain();
   if (journal_) {
-    s = journal_->stop_and_drain();
-    if (s.ok()) spdlog::info("ring drained; log end offset {}", journal_->log_end_offset());
+    Status j = journal_->stop_and_drain();
+    if (j.ok()) spdlog::info("ring drained; log end offset {}", journal_->log_end_offset());
+    if (s.ok()) s = j;
   }
   return s.ok() ? ingest_status_ : s;
 }

@@ -18,6 +18,7 @@ class StatsSegment;
 }  // namespace ipc
 class IngestLoop;
 class Journal;
+class SpeedPath;
 
 // REQUIRES: one thread (main) calls start(), heartbeat() and stop().
 class Daemon {
@@ -46,6 +47,7 @@ class Daemon {
   std::unique_ptr<ipc::StatsSegment> stats_;
   std::unique_ptr<ipc::Ring> ring_;
   std::unique_ptr<Journal> journal_;
+  std::unique_ptr<SpeedPath> speed_;
   std::unique_ptr<IngestLoop> ingest_;
   std::thread ingest_thread_;
   Status ingest_status_;

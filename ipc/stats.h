@@ -50,7 +50,14 @@ enum class Counter : uint32_t {
   kRingJournalPos,         // gauge: journal consumer position
   kRingCapacity,           // gauge
   kJournalGroupEnd,
-  kCount = 48,
+  // --- written by the speed path's consumer thread (own cache lines) ---
+  kSpeedRecords = 48,      // ring records folded into the live tables
+  kSpeedLate,              // row updates older than their view's live window (batch places them)
+  kSpeedOverflow,          // row updates that found no room in a live table
+  kSpeedWatermarkNs,       // gauge: event-time high watermark
+  kRingSpeedPos,           // gauge: speed path consumer position
+  kSpeedGroupEnd,
+  kCount = 64,
 };
 
 constexpr std::string_view counter_name(Counter c) {
@@ -85,11 +92,16 @@ constexpr std::string_view counter_name(Counter c) {
     case Counter::kRingClaimPos: return "ring_claim_pos";
     case Counter::kRingJournalPos: return "ring_journal_pos";
     case Counter::kRingCapacity: return "ring_capacity_bytes";
+    case Counter::kSpeedRecords: return "speed_records";
+    case Counter::kSpeedLate: return "speed_late_updates";
+    case Counter::kSpeedOverflow: return "speed_overflow_updates";
+    case Counter::kSpeedWatermarkNs: return "speed_watermark_ns";
+    case Counter::kRingSpeedPos: return "ring_speed_pos";
     default: return {};
   }
 }
 
-// Shared-memory layout of /dev/shm/<shm_name>.stats (little-endian, 448 bytes):
+// Shared-memory layout of /dev/shm/<shm_name>.stats (little-endian, 576 bytes):
 //
 //   off  size  field
 //     0     8  magic            "RNLSTAT1" (kStatsMagic)
@@ -99,13 +111,13 @@ constexpr std::string_view counter_name(Counter c) {
 //    24     8  started_ns       CLOCK_REALTIME at daemon start
 //    32     8  heartbeat_ns     CLOCK_REALTIME, refreshed ~every 100 ms by the ingest loop
 //    40    24  reserved
-//    64   384  counters[48]     u64 each; [0, 24) ingest threads, [24, 48) journal thread,
-//                               so each writer group owns its cache lines
+//    64   512  counters[64]     u64 each; [0, 24) ingest threads, [24, 48) journal thread,
+//                               [48, 64) speed path, so each writer group owns its cache lines
 //
 // Writers use relaxed atomics: counters are monotonic (or gauges) and readers only need each
 // value to be untorn, not a consistent snapshot across counters.
 inline constexpr uint64_t kStatsMagic = 0x31544154534c4e52ull;  // "RNLSTAT1"
-inline constexpr uint32_t kStatsLayoutVersion = 1;
+inline constexpr uint32_t kStatsLayoutVersion = 2;
 
 struct alignas(64) StatsBlock {
   uint64_t magic;
@@ -132,7 +144,8 @@ static_assert(offsetof(StatsBlock, heartbeat_ns) == 32);
 static_assert(offsetof(StatsBlock, counters) == 64);
 static_assert(static_cast<uint32_t>(Counter::kIngestGroupEnd) <= 24);
 static_assert(static_cast<uint32_t>(Counter::kJournalGroupEnd) <= 48);
-static_assert(sizeof(StatsBlock) == 448);
+static_assert(static_cast<uint32_t>(Counter::kSpeedGroupEnd) <= 64);
+static_assert(sizeof(StatsBlock) == 576);
 
 // Owner of a mapping of the stats block. The daemon creates it read-write (one per instance);
 // readers in any process map it read-only and can never disturb the daemon.

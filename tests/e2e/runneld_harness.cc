@@ -93,9 +93,9 @@ Runneld::Runneld() {
 Runneld::~Runneld() {
   if (pid_ > 0) kill9();
   if (notify_fd_ >= 0) close(notify_fd_);
-  ipc::StatsSegment::remove(shm_name_);
-  std::string ring = "/dev/shm/" + shm_name_ + ".ring";
-  std::filesystem::remove(ring);
+  for (const char* suffix : {".ring", ".stats", ".live", ".series"}) {
+    std::filesystem::remove("/dev/shm/" + shm_name_ + suffix);
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }

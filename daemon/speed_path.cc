@@ -1,0 +1,233 @@
+// The speed path (see speed_path.h).
+#include "daemon/speed_path.h"
+
+#include <time.h>
+
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
+#include <spdlog/spdlog.h>
+
+#include "model/record.h"
+#include "model/view_router.h"
+
+namespace runnel {
+namespace {
+
+constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
+// Eviction scans a whole shard; it runs at most this often (ns of wall time).
+constexpr int64_t kEvictEveryNs = 1'000'000'000;
+// Rows a worker remembers as registered in the series dictionary (direct-mapped cache).
+constexpr size_t kKnownRows = 1 << 16;
+
+int64_t realtime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Floor division: the bucket of a negative time starts at or before it.
+int64_t bucket_start(int64_t ts, int64_t width) {
+  int64_t q = ts / width;
+  if (ts % width < 0) --q;
+  return q * width;
+}
+
+}  // namespace
+
+struct SpeedPath::Worker {
+  ViewRouter router;
+  std::vector<ipc::ShardWriter> writers;  // per view
+  std::vector<uint64_t> known_rows;       // kKnownRows ids already in the dictionary
+  uint64_t events_late = 0;
+  uint64_t events_overflow = 0;
+  int64_t max_ts = INT64_MIN;
+  int64_t last_evict_ns = 0;
+  std::vector<bool> view_changed;
+  explicit Worker(std::vector<ViewDef> views) : router(std::move(views)), known_rows(kKnownRows, 0) {}
+};
+
+SpeedPath::SpeedPath(const Config& config, ipc::Ring& ring, ipc::StatsBlock& stats)
+    : config_(config), ring_(ring), stats_(stats) {}
+
+SpeedPath::~SpeedPath() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+Status SpeedPath::open() {
+  const uint32_t shards = config_.speed_workers;
+  std::vector<ipc::LiveViewSpec> specs;
+  for (uint32_t v = 0; v < config_.views.size(); ++v) {
+    const ViewDef& def = config_.views[v];
+    auto layout = AggregateLayout::for_view(def);
+    if (!layout.ok()) return layout.status();  // names the view
+    layouts_.push_back(std::move(layout.value()));
+    ipc::LiveViewSpec s;
+    s.name = def.name;
+    s.view_id = v;
+    s.definition_hash = def.definition_hash();
+    s.definition = def.canonical();
+    s.state_bytes = static_cast<uint32_t>(layouts_.back().state_bytes());
+    s.widths_ns = def.widths_ns;
+    s.capacity_entries = def.capacity;
+    s.shard_count = shards;
+    s.initial_state.resize(s.state_bytes);
+    layouts_.back().init(s.initial_state);
+    specs.push_back(std::move(s));
+  }
+  ipc::ShmOptions shm;
+  shm.mode = config_.ring_mode;
+  auto live = ipc::LiveTables::create(config_.shm_name, specs, shm);
+  if (!live.ok()) return live.status();
+  live_.emplace(std::move(live.value()));
+  ipc::SeriesDictionaryOptions so;
+  auto series = ipc::SeriesDictionary::create(config_.shm_name, so, shm);
+  if (!series.ok()) return series.status();
+  series_.emplace(std::move(series.value()));
+
+  for (uint32_t s = 0; s < shards; ++s) {
+    auto w = std::make_unique<Worker>(config_.views);
+    for (uint32_t v = 0; v < config_.views.size(); ++v) {
+      auto writer = live_->attach_writer(v, s);
+      if (!writer.ok()) return writer.status();
+      w->writers.push_back(std::move(writer.value()));
+    }
+    w->view_changed.assign(config_.views.size(), false);
+    workers_.push_back(std::move(w));
+  }
+  // The live tables are new: records of an earlier run that are still in the ring are folded
+  // in (from the slot's persisted position); older ones are the batch layer's.
+  auto c = ring_.attach_consumer(ipc::kSpeedPathConsumer, ipc::Ring::StartAt::kResume);
+  if (!c.ok()) return c.status();
+  consumer_.emplace(std::move(c.value()));
+  batch_.reserve(config_.speed_batch_records);
+  return Status::Ok();
+}
+
+void SpeedPath::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void SpeedPath::process(Worker& w, uint32_t shard) {
+  const uint32_t shards = config_.speed_workers;
+  const int64_t watermark = batch_watermark_ns_;
+  for (const RecordRef& ref : batch_) {
+    RecordView rec;
+    const char* reason = "";
+    // The ring holds only records runneld's parser built; a failure here means memory
+    // corruption, which the journal reports too. Skip the record.
+    if (!RecordView::validate(std::span<const std::byte>(ref.data, ref.size), &rec, &reason)) continue;
+    const int64_t ts = rec.ts_ns();
+    if (ts > w.max_ts) w.max_ts = ts;
+    w.router.route(
+        rec, [&](uint64_t group_hash) { return (group_hash & (shards - 1)) == shard; },
+        [&](const RowUpdate& u) {
+          const ViewDef& def = w.router.views()[u.view];
+          ipc::ShardWriter& writer = w.writers[u.view];
+          if (watermark != INT64_MIN && ts < watermark - def.live_window_ns) {
+            writer.add_late();
+            ++w.events_late;
+            return;
+          }
+          uint64_t& known = w.known_rows[u.row_id & (kKnownRows - 1)];
+          if (known != u.row_id) {
+            series_->insert(u.row_id, w.router.row_key(rec, u.view, u.field));
+            known = u.row_id;
+          }
+          const AggregateLayout& layout = layouts_[u.view];
+          for (uint32_t wi = 0; wi < def.widths_ns.size(); ++wi) {
+            ipc::EntryKey key{u.row_id, wi, bucket_start(ts, def.widths_ns[wi])};
+            ipc::LiveEntry* e = writer.find_or_insert(key);
+            if (e == nullptr) {
+              writer.add_overflow();
+              ++w.events_overflow;
+              continue;
+            }
+            writer.begin_write(e);
+            layout.update(writer.state(e), u.value, ts, u.distinct_hash, u.has_distinct);
+            writer.note_position(e, ref.pos);
+            writer.end_write(e);
+          }
+          w.view_changed[u.view] = true;
+        });
+  }
+  for (uint32_t v = 0; v < w.view_changed.size(); ++v) {
+    if (w.view_changed[v]) live_->end_batch(v);
+    w.view_changed[v] = false;
+  }
+  evict(w, shard);
+}
+
+void SpeedPath::evict(Worker& w, uint32_t shard) {
+  (void)shard;
+  const int64_t now = realtime_ns();
+  const int64_t watermark = batch_watermark_ns_;
+  if (now - w.last_evict_ns < kEvictEveryNs || watermark == INT64_MIN) return;
+  w.last_evict_ns = now;
+  // Rule: a bucket whose end lies more than the view's live window before the event-time
+  // watermark takes no more events (they would be late), so it leaves the live table.
+  for (uint32_t v = 0; v < w.writers.size(); ++v) {
+    const ViewDef& def = config_.views[v];
+    const int64_t cutoff = watermark - def.live_window_ns;
+    w.writers[v].evict_if([&](const ipc::EntryMeta& m) {
+      return m.key.bucket_start_ns + def.widths_ns[m.key.width_index] <= cutoff;
+    });
+  }
+}
+
+void SpeedPath::run() {
+  tbb::task_arena arena(static_cast<int>(config_.speed_workers));
+  const uint32_t shards = config_.speed_workers;
+  while (true) {
+    batch_.clear();
+    const auto b = consumer_->peek(
+        [&](uint64_t pos, std::span<const std::byte> payload) {
+          batch_.push_back({pos, payload.data(), static_cast<uint32_t>(payload.size())});
+        },
+        config_.speed_batch_records);
+    if (b.corrupt) {
+      final_status_ = Status::Corruption("speed path: corrupt ring record at " + std::to_string(b.end_position));
+      spdlog::critical("{}; live updates stopped", final_status_.ToString());
+      return;
+    }
+    if (b.end_position != consumer_->position()) {
+      batch_watermark_ns_ = watermark_ns_.load(std::memory_order_relaxed);
+      if (!batch_.empty()) {
+        arena.execute([&] {
+          tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t s) { process(*workers_[s], s); });
+        });
+      }
+      consumer_->advance(b.end_position);
+      int64_t max_ts = INT64_MIN;
+      uint64_t late = 0, overflow = 0;
+      for (auto& w : workers_) {
+        max_ts = std::max(max_ts, w->max_ts);
+        late += w->events_late;
+        overflow += w->events_overflow;
+        w->events_late = w->events_overflow = 0;
+      }
+      const int64_t capped = std::min(max_ts, realtime_ns() + kFutureSkewNs);
+      if (capped > watermark_ns_.load(std::memory_order_relaxed)) {
+        watermark_ns_.store(capped, std::memory_order_relaxed);
+      }
+      stats_.add(ipc::Counter::kSpeedRecords, batch_.size());
+      stats_.add(ipc::Counter::kSpeedLate, late);
+      stats_.add(ipc::Counter::kSpeedOverflow, overflow);
+      stats_.set(ipc::Counter::kSpeedWatermarkNs, static_cast<uint64_t>(watermark_ns_.load()));
+      stats_.set(ipc::Counter::kRingSpeedPos, consumer_->position());
+      continue;
+    }
+    live_->wake_waiters();
+    if (stop_.load(std::memory_order_acquire) && consumer_->position() >= ring_.claim_position()) break;
+    consumer_->wait(std::chrono::milliseconds(5));
+  }
+  live_->wake_waiters();
+}
+
+Status SpeedPath::stop_and_drain() {
+  stop_.store(true, std::memory_order_release);
+  if (thread_.joinable()) thread_.join();
+  return final_status_;
+}
+
+}  // namespace runnel

@@ -1,0 +1,74 @@
+// The speed layer: a gating ring consumer whose oneTBB workers fold every record into the live
+// tables in shared memory (one writer per shard), and register new rows in the series dictionary.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "daemon/config.h"
+#include "ipc/live_table.h"
+#include "ipc/ring.h"
+#include "ipc/series_dictionary.h"
+#include "ipc/stats.h"
+#include "model/aggregate.h"
+#include "model/status.h"
+
+namespace runnel {
+
+// open() and start() at start-up, stop_and_drain() at shutdown, from one thread (main).
+//
+// Work split: the consumer thread peeks a batch of ring records (zero-copy, they stay valid
+// until advance), then runs one task per shard in a oneTBB arena; the task for shard s routes
+// every record and applies only the rows whose id maps to s (model/view_router.h keeps all
+// fields of a group in one shard). So no two workers ever write one entry, and no lock is taken.
+// Ring space is released after every shard finished the batch.
+class SpeedPath {
+ public:
+  SpeedPath(const Config& config, ipc::Ring& ring, ipc::StatsBlock& stats);
+  ~SpeedPath();
+  SpeedPath(const SpeedPath&) = delete;
+  SpeedPath& operator=(const SpeedPath&) = delete;
+
+  // Creates the live tables and series dictionary (replacing those of an earlier run) and
+  // attaches to the ring.
+  Status open();
+  void start();
+  // Folds in everything placed in the ring so far, then stops. REQUIRES: producers stopped.
+  Status stop_and_drain();
+
+  // Event-time high watermark (ns): the newest event time seen, capped at wall clock + 5 min
+  // so one point from the far future cannot make everything late.
+  int64_t watermark_ns() const { return watermark_ns_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Worker;
+  struct RecordRef {
+    uint64_t pos;
+    const std::byte* data;
+    uint32_t size;
+  };
+
+  void run();
+  void process(Worker& w, uint32_t shard);
+  void evict(Worker& w, uint32_t shard);
+
+  const Config& config_;
+  ipc::Ring& ring_;
+  ipc::StatsBlock& stats_;
+  std::vector<AggregateLayout> layouts_;  // per view
+  std::optional<ipc::LiveTables> live_;
+  std::optional<ipc::SeriesDictionary> series_;
+  std::optional<ipc::GatingConsumer> consumer_;
+  std::vector<std::unique_ptr<Worker>> workers_;  // one per shard
+  std::vector<RecordRef> batch_;                  // reserved once: speed.batch_records
+  std::atomic<int64_t> watermark_ns_{INT64_MIN};
+  int64_t batch_watermark_ns_ = INT64_MIN;  // frozen for the duration of one batch
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  Status final_status_;
+};
+
+}  // namespace runnel
