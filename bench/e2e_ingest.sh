@@ -168,7 +168,9 @@ while :; do
   # tables: progress is the smaller of the two counters.
   speed_records=$(json_int speed_records <<<"$stats")
   through=${log_records:-0}
-  if [[ -n $speed_records && $speed_records -lt $through ]]; then through=$speed_records; fi
+  if [[ $speed != off && -n $speed_records && $speed_records -lt $through ]]; then
+    through=$speed_records
+  fi
   if [[ -n $log_records && $through -ge $events ]]; then done_ns=$t; break; fi
   kill -0 "$runneld_pid" 2>/dev/null || fail "runneld died"
   if ! $loadgen_done && ! kill -0 "$loadgen_pid" 2>/dev/null; then

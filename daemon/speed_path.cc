@@ -14,7 +14,7 @@ namespace runnel {
 namespace {
 
 constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
-// Eviction scans a whole shard; it runs at most this often (ns of wall time).
+// Eviction scans a whole shard; without pressure it runs at most this often (ns of wall time).
 constexpr int64_t kEvictEveryNs = 1'000'000'000;
 // Rows a worker remembers as registered in the series dictionary (direct-mapped cache).
 constexpr size_t kKnownRows = 1 << 16;
@@ -37,9 +37,14 @@ int64_t bucket_start(int64_t ts, int64_t width) {
 struct SpeedPath::Worker {
   ViewRouter router;
   std::vector<ipc::ShardWriter> writers;  // per view
+  // Per view: how far back (ns) this shard keeps buckets. Starts at the view's live window and
+  // is halved (down to the largest bucket width) while the shard is under pressure.
+  std::vector<int64_t> window_ns;
+  std::vector<uint64_t> overflow_in_batch;  // per view
   std::vector<uint64_t> known_rows;       // kKnownRows ids already in the dictionary
   uint64_t events_late = 0;
   uint64_t events_overflow = 0;
+  uint64_t forced_evictions = 0;  // entries evicted before their live window ran out
   int64_t max_ts = INT64_MIN;
   int64_t last_evict_ns = 0;
   std::vector<bool> view_changed;
@@ -93,6 +98,8 @@ Status SpeedPath::open() {
       w->writers.push_back(std::move(writer.value()));
     }
     w->view_changed.assign(config_.views.size(), false);
+    w->overflow_in_batch.assign(config_.views.size(), 0);
+    for (const auto& def : config_.views) w->window_ns.push_back(def.live_window_ns);
     workers_.push_back(std::move(w));
   }
   // The live tables are new: records of an earlier run that are still in the ring are folded
@@ -135,12 +142,18 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
             known = u.row_id;
           }
           const AggregateLayout& layout = layouts_[u.view];
-          for (uint32_t wi = 0; wi < def.widths_ns.size(); ++wi) {
-            ipc::EntryKey key{u.row_id, wi, bucket_start(ts, def.widths_ns[wi])};
-            ipc::LiveEntry* e = writer.find_or_insert(key);
+          const uint32_t widths = static_cast<uint32_t>(def.widths_ns.size());
+          ipc::EntryKey keys[ViewDef::kMaxWidths];
+          for (uint32_t wi = 0; wi < widths; ++wi) {
+            keys[wi] = {u.row_id, wi, bucket_start(ts, def.widths_ns[wi])};
+            writer.prefetch(keys[wi]);
+          }
+          for (uint32_t wi = 0; wi < widths; ++wi) {
+            ipc::LiveEntry* e = writer.find_or_insert(keys[wi]);
             if (e == nullptr) {
               writer.add_overflow();
               ++w.events_overflow;
+              ++w.overflow_in_batch[u.view];
               continue;
             }
             writer.begin_write(e);
@@ -155,24 +168,41 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
     if (w.view_changed[v]) live_->end_batch(v);
     w.view_changed[v] = false;
   }
-  evict(w, shard);
+  evict(w);
 }
 
-void SpeedPath::evict(Worker& w, uint32_t shard) {
-  (void)shard;
-  const int64_t now = realtime_ns();
+void SpeedPath::evict(Worker& w) {
   const int64_t watermark = batch_watermark_ns_;
-  if (now - w.last_evict_ns < kEvictEveryNs || watermark == INT64_MIN) return;
-  w.last_evict_ns = now;
-  // Rule: a bucket whose end lies more than the view's live window before the event-time
-  // watermark takes no more events (they would be late), so it leaves the live table.
+  if (watermark == INT64_MIN) return;
+  const int64_t now = realtime_ns();
+  const bool periodic = now - w.last_evict_ns >= kEvictEveryNs;
+  // The rule: a bucket whose end lies more than the window before the event-time watermark
+  // leaves the live table. The window is the view's live_window; while a shard is under
+  // pressure (an update found no room, or 70% of its slots hold entries or tombstones) the window halves, down to the
+  // smallest bucket width (a bucket still open at the watermark is never evicted), and grows
+  // back by doubling once the pressure is gone. The batch layer owns whatever left early.
   for (uint32_t v = 0; v < w.writers.size(); ++v) {
     const ViewDef& def = config_.views[v];
-    const int64_t cutoff = watermark - def.live_window_ns;
-    w.writers[v].evict_if([&](const ipc::EntryMeta& m) {
+    const ipc::ShardWriter& writer = w.writers[v];
+    // Linear probing slows down sharply past ~70% load (tombstones count: probes pass them).
+    const bool pressure = w.overflow_in_batch[v] > 0 ||
+                          (writer.used() + writer.tombstones()) * 10 >= writer.capacity() * 7;
+    w.overflow_in_batch[v] = 0;
+    int64_t& window = w.window_ns[v];
+    if (pressure) {
+      window = std::max(window / 2, def.widths_ns.front());
+    } else if (periodic) {
+      window = std::min(window * 2, def.live_window_ns);
+    } else {
+      continue;
+    }
+    const int64_t cutoff = watermark - window;
+    const uint64_t evicted = w.writers[v].evict_if([&](const ipc::EntryMeta& m) {
       return m.key.bucket_start_ns + def.widths_ns[m.key.width_index] <= cutoff;
     });
+    if (pressure) w.forced_evictions += evicted;
   }
+  if (periodic) w.last_evict_ns = now;
 }
 
 void SpeedPath::run() {
@@ -199,12 +229,13 @@ void SpeedPath::run() {
       }
       consumer_->advance(b.end_position);
       int64_t max_ts = INT64_MIN;
-      uint64_t late = 0, overflow = 0;
+      uint64_t late = 0, overflow = 0, forced = 0;
       for (auto& w : workers_) {
         max_ts = std::max(max_ts, w->max_ts);
         late += w->events_late;
         overflow += w->events_overflow;
-        w->events_late = w->events_overflow = 0;
+        forced += w->forced_evictions;
+        w->events_late = w->events_overflow = w->forced_evictions = 0;
       }
       const int64_t capped = std::min(max_ts, realtime_ns() + kFutureSkewNs);
       if (capped > watermark_ns_.load(std::memory_order_relaxed)) {
@@ -213,6 +244,7 @@ void SpeedPath::run() {
       stats_.add(ipc::Counter::kSpeedRecords, batch_.size());
       stats_.add(ipc::Counter::kSpeedLate, late);
       stats_.add(ipc::Counter::kSpeedOverflow, overflow);
+      stats_.add(ipc::Counter::kSpeedForcedEvictions, forced);
       stats_.set(ipc::Counter::kSpeedWatermarkNs, static_cast<uint64_t>(watermark_ns_.load()));
       stats_.set(ipc::Counter::kRingSpeedPos, consumer_->position());
       continue;

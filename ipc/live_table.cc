@@ -529,6 +529,11 @@ EntryMeta ShardWriter::meta(const LiveEntry* e) const {
   return m;
 }
 
+void ShardWriter::prefetch(const EntryKey& key) const {
+  const uint64_t i = home_slot(key.series_id, key.width_index, key.bucket_start_ns, capacity_);
+  __builtin_prefetch(slot(i), 1);
+}
+
 LiveEntry* ShardWriter::find_or_insert(const EntryKey& key) {
   if (key.series_id % desc_->shard_count != shard_ || key.width_index >= desc_->width_count)
     return nullptr;
@@ -608,6 +613,14 @@ uint64_t ShardWriter::evict_if(const std::function<bool(const EntryMeta&)>& pred
   }
   bump(counters_->tombstones, -reclaimed);
   return evicted;
+}
+
+uint64_t ShardWriter::used() const {
+  return counters_->entries_used.load(std::memory_order_relaxed);
+}
+
+uint64_t ShardWriter::tombstones() const {
+  return counters_->tombstones.load(std::memory_order_relaxed);
 }
 
 void ShardWriter::add_overflow(uint64_t events) {

@@ -174,6 +174,9 @@ class ShardWriter {
   // initial state with update_count 0 if absent. nullptr when no slot within the probe bound is
   // free (the shard is full, or the key's chain is): count it with add_overflow().
   LiveEntry* find_or_insert(const EntryKey& key);
+  // Starts loading the home slot of `key` into the cache, so that several lookups' memory
+  // latencies overlap (the table is far larger than the caches).
+  void prefetch(const EntryKey& key) const;
 
   // Brackets every change to an entry. begin_write makes seq odd (relaxed store) and then issues
   // a release fence, which pairs with the reader's acquire fence before its second seq load: a
@@ -199,6 +202,10 @@ class ShardWriter {
 
   void add_overflow(uint64_t events = 1);
   void add_late(uint64_t events = 1);
+  // Occupied entries of this shard (tombstones excluded), its tombstones, and its slot count.
+  uint64_t used() const;
+  uint64_t tombstones() const;
+  uint64_t capacity() const { return capacity_; }
 
  private:
   friend class LiveTables;

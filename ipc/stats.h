@@ -56,6 +56,7 @@ enum class Counter : uint32_t {
   kSpeedOverflow,          // row updates that found no room in a live table
   kSpeedWatermarkNs,       // gauge: event-time high watermark
   kRingSpeedPos,           // gauge: speed path consumer position
+  kSpeedForcedEvictions,   // live entries evicted early because a table was under pressure
   kSpeedGroupEnd,
   kCount = 64,
 };
@@ -97,6 +98,7 @@ constexpr std::string_view counter_name(Counter c) {
     case Counter::kSpeedOverflow: return "speed_overflow_updates";
     case Counter::kSpeedWatermarkNs: return "speed_watermark_ns";
     case Counter::kRingSpeedPos: return "ring_speed_pos";
+    case Counter::kSpeedForcedEvictions: return "speed_forced_evictions";
     default: return {};
   }
 }
