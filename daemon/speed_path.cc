@@ -14,8 +14,10 @@ namespace runnel {
 namespace {
 
 constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
-// Eviction scans a whole shard; without pressure it runs at most this often (ns of wall time).
+// Eviction scans a whole shard; without pressure it runs at most this often (ns of wall time),
+// under pressure at most every kPressureEvictEveryNs (the 70% threshold leaves room between).
 constexpr int64_t kEvictEveryNs = 1'000'000'000;
+constexpr int64_t kPressureEvictEveryNs = 20'000'000;
 // Rows a worker remembers as registered in the series dictionary (direct-mapped cache).
 constexpr size_t kKnownRows = 1 << 16;
 
@@ -47,7 +49,19 @@ struct SpeedPath::Worker {
   uint64_t forced_evictions = 0;  // entries evicted before their live window ran out
   int64_t max_ts = INT64_MIN;
   int64_t last_evict_ns = 0;
+  int64_t last_pressure_evict_ns = 0;
   std::vector<bool> view_changed;
+  // One routed row update of the current batch; reserved once, reused for every batch.
+  struct Pending {
+    uint64_t row_id;
+    int64_t ts_ns;
+    double value;
+    uint64_t distinct_hash;
+    uint64_t pos;
+    uint32_t view;
+    bool has_distinct;
+  };
+  std::vector<Pending> pending;
   explicit Worker(std::vector<ViewDef> views) : router(std::move(views)), known_rows(kKnownRows, 0) {}
 };
 
@@ -98,6 +112,9 @@ Status SpeedPath::open() {
       w->writers.push_back(std::move(writer.value()));
     }
     w->view_changed.assign(config_.views.size(), false);
+    // Every record of a batch could feed every view with several fields: grows past this
+    // only for wide records, once.
+    w->pending.reserve(size_t{config_.speed_batch_records} * 4);
     w->overflow_in_batch.assign(config_.views.size(), 0);
     for (const auto& def : config_.views) w->window_ns.push_back(def.live_window_ns);
     workers_.push_back(std::move(w));
@@ -118,6 +135,9 @@ void SpeedPath::start() {
 void SpeedPath::process(Worker& w, uint32_t shard) {
   const uint32_t shards = config_.speed_workers;
   const int64_t watermark = batch_watermark_ns_;
+  // Pass 1: route the batch into this shard's pending updates (late ones are only counted,
+  // new rows are registered in the series dictionary).
+  w.pending.clear();
   for (const RecordRef& ref : batch_) {
     RecordView rec;
     const char* reason = "";
@@ -130,9 +150,8 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
         rec, [&](uint64_t group_hash) { return (group_hash & (shards - 1)) == shard; },
         [&](const RowUpdate& u) {
           const ViewDef& def = w.router.views()[u.view];
-          ipc::ShardWriter& writer = w.writers[u.view];
           if (watermark != INT64_MIN && ts < watermark - def.live_window_ns) {
-            writer.add_late();
+            w.writers[u.view].add_late();
             ++w.events_late;
             return;
           }
@@ -141,28 +160,47 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
             series_->insert(u.row_id, w.router.row_key(rec, u.view, u.field));
             known = u.row_id;
           }
-          const AggregateLayout& layout = layouts_[u.view];
-          const uint32_t widths = static_cast<uint32_t>(def.widths_ns.size());
-          ipc::EntryKey keys[ViewDef::kMaxWidths];
-          for (uint32_t wi = 0; wi < widths; ++wi) {
-            keys[wi] = {u.row_id, wi, bucket_start(ts, def.widths_ns[wi])};
-            writer.prefetch(keys[wi]);
-          }
-          for (uint32_t wi = 0; wi < widths; ++wi) {
-            ipc::LiveEntry* e = writer.find_or_insert(keys[wi]);
-            if (e == nullptr) {
-              writer.add_overflow();
-              ++w.events_overflow;
-              ++w.overflow_in_batch[u.view];
-              continue;
-            }
-            writer.begin_write(e);
-            layout.update(writer.state(e), u.value, ts, u.distinct_hash, u.has_distinct);
-            writer.note_position(e, ref.pos);
-            writer.end_write(e);
-          }
-          w.view_changed[u.view] = true;
+          w.pending.push_back({u.row_id, ts, u.value, u.distinct_hash, ref.pos, u.view, u.has_distinct});
         });
+  }
+  // Pass 2: fold them in. The table is far larger than the caches, so each update's entries
+  // are prefetched kPrefetchAhead updates early and the memory latencies overlap.
+  constexpr size_t kPrefetchAhead = 8;
+  auto keys_of = [&](const Worker::Pending& p, ipc::EntryKey* keys) {
+    const auto& widths = config_.views[p.view].widths_ns;
+    for (uint32_t wi = 0; wi < widths.size(); ++wi) keys[wi] = {p.row_id, wi, bucket_start(p.ts_ns, widths[wi])};
+    return static_cast<uint32_t>(widths.size());
+  };
+  ipc::EntryKey keys[ViewDef::kMaxWidths];
+  const size_t n = w.pending.size();
+  for (size_t i = 0; i < std::min(n, kPrefetchAhead); ++i) {
+    const uint32_t k = keys_of(w.pending[i], keys);
+    for (uint32_t wi = 0; wi < k; ++wi) w.writers[w.pending[i].view].prefetch(keys[wi]);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kPrefetchAhead < n) {
+      const Worker::Pending& ahead = w.pending[i + kPrefetchAhead];
+      const uint32_t k = keys_of(ahead, keys);
+      for (uint32_t wi = 0; wi < k; ++wi) w.writers[ahead.view].prefetch(keys[wi]);
+    }
+    const Worker::Pending& p = w.pending[i];
+    ipc::ShardWriter& writer = w.writers[p.view];
+    const AggregateLayout& layout = layouts_[p.view];
+    const uint32_t k = keys_of(p, keys);
+    for (uint32_t wi = 0; wi < k; ++wi) {
+      ipc::LiveEntry* e = writer.find_or_insert(keys[wi]);
+      if (e == nullptr) {
+        writer.add_overflow();
+        ++w.events_overflow;
+        ++w.overflow_in_batch[p.view];
+        continue;
+      }
+      writer.begin_write(e);
+      layout.update(writer.state(e), p.value, p.ts_ns, p.distinct_hash, p.has_distinct);
+      writer.note_position(e, p.pos);
+      writer.end_write(e);
+    }
+    w.view_changed[p.view] = true;
   }
   for (uint32_t v = 0; v < w.view_changed.size(); ++v) {
     if (w.view_changed[v]) live_->end_batch(v);
@@ -176,6 +214,7 @@ void SpeedPath::evict(Worker& w) {
   if (watermark == INT64_MIN) return;
   const int64_t now = realtime_ns();
   const bool periodic = now - w.last_evict_ns >= kEvictEveryNs;
+  if (now - w.last_pressure_evict_ns < kPressureEvictEveryNs && !periodic) return;
   // The rule: a bucket whose end lies more than the window before the event-time watermark
   // leaves the live table. The window is the view's live_window; while a shard is under
   // pressure (an update found no room, or 70% of its slots hold entries or tombstones) the window halves, down to the
@@ -200,7 +239,10 @@ void SpeedPath::evict(Worker& w) {
     const uint64_t evicted = w.writers[v].evict_if([&](const ipc::EntryMeta& m) {
       return m.key.bucket_start_ns + def.widths_ns[m.key.width_index] <= cutoff;
     });
-    if (pressure) w.forced_evictions += evicted;
+    if (pressure) {
+      w.forced_evictions += evicted;
+      w.last_pressure_evict_ns = now;
+    }
   }
   if (periodic) w.last_evict_ns = now;
 }
