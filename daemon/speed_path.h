@@ -53,7 +53,7 @@ class SpeedPath {
 
   void run();
   void process(Worker& w, uint32_t shard);
-  void evict(Worker& w, uint32_t shard);
+  void evict(Worker& w);
 
   const Config& config_;
   ipc::Ring& ring_;
