@@ -1,5 +1,6 @@
 // runnelctl: the operator's command line. Reads a running instance through read-only shared
-// memory (stats) and the data directory directly (log verify/dump). Every command has --json.
+// memory (stats; views, series, query, tail, watch through the client library) and the data
+// directory directly (log verify/dump). Every command has --json.
 #include <time.h>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "client/log_commands.h"
+#include "client/query_commands.h"
 #include "ipc/stats.h"
 
 namespace {
@@ -85,9 +87,12 @@ int main(int argc, char** argv) {
   dump->add_option("--from", from, "First log offset (a record boundary)");
   dump->add_option("--limit", limit, "Most records to print (0: all)");
 
+  runnel::QueryCommands query_commands(app, shm_name, json);
+
   CLI11_PARSE(app, argc, argv);
   if (stats->parsed()) return cmd_stats(shm_name, json);
   if (verify->parsed()) return runnel::cmd_log_verify(data_dir, json);
   if (dump->parsed()) return runnel::cmd_log_dump(data_dir, from, limit, json);
+  if (auto rc = query_commands.run()) return *rc;
   return 2;
 }

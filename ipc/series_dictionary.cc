@@ -47,6 +47,9 @@ bool parse_key(std::span<const std::byte> key, SeriesEntry* e) {
   std::string_view ignored;
   for (uint32_t i = 0; i < tag_count; ++i)
     if (!name(&ignored) || !name(&ignored)) return false;
+  // A row key (model/view_router.h) carries its field after the block.
+  e->field = {};
+  if (p != end && !name(&e->field)) return false;
   if (p != end) return false;
   e->key = key;
   e->tags = TagRange(first_tag, tag_count);

@@ -31,16 +31,18 @@ enum class InsertStatus : uint8_t {
   kInserted,
   kExists,   // the id is already present (the first key inserted for an id wins)
   kFull,     // max_series reached or the arena is full: counted in rejected_full
-  kInvalid,  // not exactly one series key block (a length beyond the key, an empty name, ...)
+  kInvalid,  // not one series key block (+ field): a length beyond the key, an empty name, ...
 };
 
-// One series as stored, checked to be one well-formed series key block. Its views point into
+// One series as stored, checked to be one well-formed series key block, optionally followed by
+// a field name (u16 length + bytes: a row key of model/view_router.h). Its views point into
 // the mapping: published records are never rewritten, so they stay valid while it lives.
 struct SeriesEntry {
   uint64_t series_id = 0;
   std::span<const std::byte> key;  // the exact series key block of the record (model/record.h)
   std::string_view measurement;
   TagRange tags{nullptr, 0};  // in stored (sorted) order
+  std::string_view field;     // a row key's field; empty for a plain series key block
 };
 
 struct SeriesDictionaryStats {

@@ -46,6 +46,17 @@ void send_stream(int fd, const std::string& data) {
 
 std::atomic<int> g_instance{0};
 
+// In a forked child: becomes runnelctl with `args`.
+[[noreturn]] void exec_runnelctl(const std::vector<std::string>& args) {
+  std::vector<std::string> a = {RUNNELCTL_PATH};
+  a.insert(a.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : a) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  _exit(127);
+}
+
 }  // namespace
 
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
@@ -276,13 +287,7 @@ std::string run_runnelctl(const std::vector<std::string>& args, int* exit_code) 
     dup2(pipefd[1], 1);
     close(pipefd[0]);
     close(pipefd[1]);
-    std::vector<std::string> a = {RUNNELCTL_PATH};
-    a.insert(a.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& s : a) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
+    exec_runnelctl(args);
   }
   close(pipefd[1]);
   std::string out;
@@ -294,6 +299,70 @@ std::string run_runnelctl(const std::vector<std::string>& args, int* exit_code) 
   waitpid(pid, &st, 0);
   *exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   return out;
+}
+
+namespace {
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+RunnelctlProcess::RunnelctlProcess(const std::vector<std::string>& args) {
+  static std::atomic<int> n{0};
+  dir_ = std::filesystem::temp_directory_path() /
+         ("runnelctl-e2e-" + std::to_string(getpid()) + "-" + std::to_string(n++));
+  std::filesystem::create_directories(dir_);
+  const std::string out = (dir_ / "stdout").string(), err = (dir_ / "stderr").string();
+  pid_t pid = fork();
+  check(pid >= 0, "fork");
+  if (pid == 0) {
+    int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (o < 0 || e < 0) _exit(126);
+    dup2(o, 1);
+    dup2(e, 2);
+    exec_runnelctl(args);
+  }
+  pid_ = pid;
+}
+
+RunnelctlProcess::~RunnelctlProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    int st;
+    waitpid(pid_, &st, 0);
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+std::string RunnelctlProcess::stdout_text() const { return read_file(dir_ / "stdout"); }
+std::string RunnelctlProcess::stderr_text() const { return read_file(dir_ / "stderr"); }
+
+void RunnelctlProcess::signal(int sig) const {
+  if (pid_ > 0) kill(pid_, sig);
+}
+
+int RunnelctlProcess::wait_exit(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return -1;
+  int st = 0;
+  if (!wait_until([&] { return waitpid(pid_, &st, WNOHANG) == pid_; }, timeout)) return -1;
+  pid_ = -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+bool wait_speed_caught_up(const Runneld& d, uint64_t points, std::chrono::milliseconds timeout) {
+  return wait_until(
+      [&] {
+        const uint64_t accepted = d.counter(ipc::Counter::kPointsAccepted);
+        return accepted >= points && d.counter(ipc::Counter::kSpeedRecords) == accepted;
+      },
+      timeout);
 }
 
 }  // namespace runnel::e2e

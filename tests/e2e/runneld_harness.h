@@ -78,4 +78,29 @@ void send_udp(uint16_t port, const std::vector<std::string>& datagrams);
 // Runs `runnelctl` with arguments; returns its stdout, sets *exit_code.
 std::string run_runnelctl(const std::vector<std::string>& args, int* exit_code);
 
+// A runnelctl running in the background (tail, watch); stdout and stderr go to files that the
+// test reads while it runs. Killed (SIGKILL) on destruction if still running.
+class RunnelctlProcess {
+ public:
+  explicit RunnelctlProcess(const std::vector<std::string>& args);
+  ~RunnelctlProcess();
+  RunnelctlProcess(const RunnelctlProcess&) = delete;
+  RunnelctlProcess& operator=(const RunnelctlProcess&) = delete;
+
+  std::string stdout_text() const;
+  std::string stderr_text() const;
+  void signal(int sig) const;
+  // The exit code (128 + signal when killed), or -1 if it is still running after `timeout`.
+  int wait_exit(std::chrono::milliseconds timeout);
+
+ private:
+  std::filesystem::path dir_;
+  pid_t pid_ = -1;
+};
+
+// Waits until the speed path has folded in every accepted point (speed_records ==
+// points_accepted) and at least `points` were accepted.
+bool wait_speed_caught_up(const Runneld& d, uint64_t points,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
 }  // namespace runnel::e2e

@@ -241,6 +241,29 @@ TEST(SeriesDictionaryTest, MalformedKeysAreRefusedAndCounted) {
   EXPECT_EQ(d.series().size(), 0u);
 }
 
+TEST(SeriesDictionaryTest, ARowKeyWithItsFieldIsStoredAndFoundByMeasurement) {
+  ScopedSeriesName name;
+  SeriesDictionary d = create(name);
+  auto row = series_key("cpu", {{"host", "a"}});
+  const std::string field = "usage";
+  const uint16_t n = static_cast<uint16_t>(field.size());
+  row.resize(row.size() + 2);
+  std::memcpy(row.data() + row.size() - 2, &n, 2);
+  for (char c : field) row.push_back(static_cast<std::byte>(c));
+  ASSERT_EQ(d.insert(7, row), InsertStatus::kInserted);
+  auto empty_field = series_key("cpu", {{"host", "b"}});
+  empty_field.resize(empty_field.size() + 2);  // a zero length: no field name
+  EXPECT_EQ(d.insert(8, empty_field), InsertStatus::kInvalid);
+  int seen = 0;
+  d.series().for_each_in_measurement("cpu", [&](const SeriesEntry& e) {
+    ++seen;
+    EXPECT_EQ(e.series_id, 7u);
+    EXPECT_EQ(e.field, "usage");
+    EXPECT_EQ(e.key.size(), row.size());
+  });
+  EXPECT_EQ(seen, 1);
+}
+
 TEST(SeriesDictionaryTest, OpenWithBadMagicOrVersionIsRefusedNamingTheObject) {
   ScopedSeriesName name;
   SeriesDictionary d = create(name);

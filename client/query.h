@@ -1,0 +1,167 @@
+// The client's read side (internal): the read-only mappings of one instance, the sources of
+// aggregate states (the live tables today; the LMDB batch views next) and the one place where
+// states merge: bucket ⊕ bucket into steps, row ⊕ row into series, source ⊕ source.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ipc/live_table.h"
+#include "ipc/series_dictionary.h"
+#include "ipc/stats.h"
+#include "model/aggregate.h"
+#include "model/status.h"
+#include "model/view.h"
+#include "model/view_router.h"
+#include "runnel/client.h"
+
+namespace runnel::client::internal {
+
+// Inside the library errors are model Statuses (client.cc maps them onto client::Status), and a
+// Tag is the model's view of one in shared memory.
+using Status = ::runnel::Status;
+using Tag = ::runnel::Tag;
+
+// One view of an instance: its definition read back from the descriptor's canonical text, and
+// the aggregate layout every state of the view has.
+struct ViewContext {
+  uint32_t index = 0;  // in the live tables
+  ViewDef def;
+  AggregateLayout layout;
+};
+
+// The read-only (PROT_READ) mappings of one daemon instance: live tables, series dictionary and
+// stats. Immutable once opened; thread-safe. After a daemon restart retired() turns true and
+// the owner opens a new Instance by name.
+class Instance {
+ public:
+  // Errors: NotFound (no such instance), Unsupported (a layout version or view state format
+  // this build does not read), Corruption, Busy (being replaced right now).
+  static Result<std::unique_ptr<Instance>> open(const std::string& shm_name);
+  ~Instance();
+
+  const std::string& shm_name() const { return shm_name_; }
+  bool retired() const;
+  uint64_t instance_id() const { return live().instance_id(); }
+  const ipc::LiveTablesView& live() const;
+  const ipc::SeriesDictionaryView& series() const;
+  const ipc::StatsBlock& stats() const;
+  const std::vector<ViewContext>& views() const { return views_; }
+  // NotFound names the view and lists those there are.
+  Result<const ViewContext*> find_view(std::string_view name) const;
+  // Every mapping this instance holds (for the test that they are read-only).
+  std::vector<std::span<const std::byte>> mappings() const;
+
+ private:
+  struct Mappings;
+  Instance(std::string shm_name, std::unique_ptr<Mappings> m, std::vector<ViewContext> views);
+  std::string shm_name_;
+  std::unique_ptr<Mappings> m_;
+  std::vector<ViewContext> views_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// State sources
+
+// One bucket's state as a source hands it out, valid during the callback. first_pos/last_pos
+// are the ring/log positions of the events folded in (0 where a source does not know them):
+// what batch ⊕ live will use to take each event from exactly one source.
+struct SourceEntry {
+  uint64_t row_id = 0;
+  int64_t bucket_start_ns = 0;
+  uint64_t first_pos = 0;
+  uint64_t last_pos = 0;
+  std::span<const std::byte> state;  // the view's AggregateLayout
+};
+using SourceEntryFn = std::function<void(const SourceEntry&)>;
+
+struct SourceScan {
+  uint64_t entries = 0;
+  uint64_t busy = 0;  // skipped: mid-write through every retry
+};
+
+// Where aggregate states of one view come from. Thread-compatible.
+class StateSource {
+ public:
+  virtual ~StateSource() = default;
+  // Calls fn, in no particular order, for every bucket of width `width_ns` of the rows in
+  // `rows` (sorted, unique) whose start lies in [from_ns, to_ns).
+  virtual SourceScan for_each_bucket(std::span<const uint64_t> rows, int64_t width_ns,
+                                     int64_t from_ns, int64_t to_ns,
+                                     const SourceEntryFn& fn) const = 0;
+};
+
+// The speed layer's live tables. Probes each row's buckets, or scans the whole view once when
+// that touches fewer slots.
+class LiveSource final : public StateSource {
+ public:
+  LiveSource(const ipc::LiveTablesView& live, uint32_t view) : live_(live), view_(view) {}
+  SourceScan for_each_bucket(std::span<const uint64_t> rows, int64_t width_ns, int64_t from_ns,
+                             int64_t to_ns, const SourceEntryFn& fn) const override;
+
+ private:
+  const ipc::LiveTablesView& live_;
+  uint32_t view_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Merging
+
+// Which buckets answer a query: the largest width dividing the step, the steps aligned to the
+// step (from rounded down, to rounded up to whole steps).
+struct StepPlan {
+  int64_t width_ns = 0;
+  int64_t step_ns = 0;
+  int64_t from_ns = 0;  // first step start
+  int64_t to_ns = 0;    // end of the last step
+};
+// Invalid names the view, the step and the widths there are.
+Result<StepPlan> plan_steps(const ViewDef& view, int64_t from_ns, int64_t to_ns, int64_t step_ns);
+
+struct MergeSpec {
+  const AggregateLayout* layout = nullptr;
+  std::span<const uint64_t> rows;          // sorted, unique
+  std::span<const uint32_t> group_of_row;  // parallel to rows: the series each row joins
+  size_t group_count = 0;
+  StepPlan steps;
+};
+
+struct Merged {
+  // Per group: step start -> merged state. Steps without any bucket are absent.
+  std::vector<std::map<int64_t, std::vector<std::byte>>> groups;
+  std::vector<bool> row_has_data;  // parallel to MergeSpec::rows
+  uint64_t busy = 0;
+  uint64_t corrupt = 0;  // bucket states that failed AggregateLayout::validate and were left out
+};
+
+// The one merge of the client: every bucket of every source folds (AggregateLayout::merge) into
+// the state of its (group, step). The monoid makes the order irrelevant.
+Merged merge_states(const MergeSpec& spec, std::span<const StateSource* const> sources);
+
+// ---------------------------------------------------------------------------------------------
+// Rows and the operations behind Client
+
+// Calls fn(row_id, key) for every registered row that passes `filter` and belongs to `view`
+// (nullptr: any view): its measurement and field are the view's and its tags are group tags of
+// the view. The dictionary is shared by all views, so another view may register the very same
+// key shape; with `check_presence` such a row is only passed if the view's live table holds a
+// bucket of it (one scan of the view, made only when some row is ambiguous). Without it the row
+// passes, which changes no query answer (it has no buckets in this view). Invalid when the
+// filter names a tag the view does not group by.
+Status for_each_row(const Instance& inst, const ViewContext* view, const RowFilter& filter,
+                    bool check_presence,
+                    const std::function<void(uint64_t, const RowKeyView&)>& fn);
+
+ViewInfo describe_view(const Instance& inst, const ViewContext& view);
+Status read_bucket(const Instance& inst, std::string_view view, uint64_t row_id, int64_t width_ns,
+                   int64_t bucket_start_ns, Point* out);
+Status run_query(const Instance& inst, const Query& query, QueryResult* out);
+
+}  // namespace runnel::client::internal
