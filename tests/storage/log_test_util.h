@@ -42,6 +42,9 @@ class TempDir {
 
 // Record i: ring position i in epoch 7, a 60..200-byte payload that depends on i.
 inline constexpr uint64_t kEpoch = 7;
+inline constexpr int64_t kSecond = 1'000'000'000;
+inline constexpr int64_t kMinute = 60 * kSecond;
+inline constexpr int64_t kHour = 60 * kMinute;
 
 inline std::vector<std::byte> payload_for(uint64_t i) {
   std::vector<std::byte> p(60 + (i * 37) % 141);

@@ -1,0 +1,1258 @@
+// ViewStore, ViewReader and ViewSnapshot: the batch views in LMDB (layout in view_store.h).
+#include "storage/view_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <unordered_map>
+
+namespace runnel::storage {
+namespace {
+
+constexpr const char* kMetaDb = "meta";
+constexpr const char* kSeriesDb = "series";
+constexpr std::string_view kStoreKey = "store";
+constexpr std::string_view kWatermarkKey = "watermark";
+constexpr std::string_view kViewPrefix = "view/";
+constexpr std::string_view kVersionPrefix = "version/";
+constexpr size_t kStoreRecordBytes = 24;
+constexpr size_t kWatermarkRecordBytes = 48;
+constexpr size_t kViewRecordHeader = 40;
+constexpr size_t kVersionRecordHeader = 48;
+
+int64_t realtime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// ----- little-endian records -----
+
+template <typename T>
+void put(std::string* out, T v) {
+  char b[sizeof(T)];
+  std::memcpy(b, &v, sizeof(T));
+  out->append(b, sizeof(T));
+}
+
+template <typename T>
+T get(std::span<const std::byte> b, size_t at) {
+  T v;
+  std::memcpy(&v, b.data() + at, sizeof(T));
+  return v;
+}
+
+void put_be64(std::byte* p, uint64_t v) {
+  for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<std::byte>(v & 0xff);
+}
+
+uint64_t get_be64(const std::byte* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+std::string data_db_name(std::string_view view, uint64_t version) {
+  return "d/" + std::string(view) + "/" + std::to_string(version);
+}
+
+std::string view_key(std::string_view view) { return std::string(kViewPrefix) + std::string(view); }
+
+std::string version_key(std::string_view view, uint64_t version) {
+  std::string digits = std::to_string(version);
+  return std::string(kVersionPrefix) + std::string(view) + "/" +
+         std::string(20 - digits.size(), '0') + digits;
+}
+
+std::string encode_watermark(const Watermark& w) {
+  std::string s;
+  put(&s, w.log_offset);
+  put(&s, w.records);
+  put(&s, w.last_record_offset);
+  put(&s, w.ring_epoch);
+  put(&s, w.ring_pos);
+  put(&s, w.commit_ns);
+  return s;
+}
+
+bool decode_watermark(std::span<const std::byte> b, Watermark* w) {
+  if (b.size() != kWatermarkRecordBytes) return false;
+  w->log_offset = get<uint64_t>(b, 0);
+  w->records = get<uint64_t>(b, 8);
+  w->last_record_offset = get<uint64_t>(b, 16);
+  w->ring_epoch = get<uint64_t>(b, 24);
+  w->ring_pos = get<uint64_t>(b, 32);
+  w->commit_ns = get<int64_t>(b, 40);
+  return true;
+}
+
+std::string encode_store(uint64_t next_version) {
+  std::string s(kViewStoreMagic, sizeof kViewStoreMagic);
+  put(&s, kViewStoreLayoutVersion);
+  put(&s, uint32_t{0});
+  put(&s, next_version);
+  return s;
+}
+
+std::string encode_view(const ViewMeta& v, const VersionMeta* current) {
+  std::string s;
+  put(&s, v.current_version);
+  put(&s, v.building_version);
+  put(&s, current ? current->definition_hash : uint64_t{0});
+  put(&s, current ? current->state_format_id : uint64_t{0});
+  put(&s, current ? current->state_bytes : uint32_t{0});
+  const std::string_view text = current ? std::string_view(current->canonical) : "";
+  put(&s, static_cast<uint32_t>(text.size()));
+  s += text;
+  return s;
+}
+
+bool decode_view(std::span<const std::byte> b, ViewInfo* v) {
+  if (b.size() < kViewRecordHeader) return false;
+  const uint32_t len = get<uint32_t>(b, 36);
+  if (b.size() != kViewRecordHeader + len) return false;
+  v->current_version = get<uint64_t>(b, 0);
+  v->building_version = get<uint64_t>(b, 8);
+  v->definition_hash = get<uint64_t>(b, 16);
+  v->state_format_id = get<uint64_t>(b, 24);
+  v->state_bytes = get<uint32_t>(b, 32);
+  v->definition.assign(reinterpret_cast<const char*>(b.data()) + kViewRecordHeader, len);
+  return true;
+}
+
+std::string encode_version(const VersionMeta& v) {
+  std::string s;
+  put(&s, v.covered_offset);
+  put(&s, v.definition_hash);
+  put(&s, v.state_format_id);
+  put(&s, v.state_bytes);
+  put(&s, static_cast<uint32_t>(v.state));
+  put(&s, v.created_ns);
+  put(&s, static_cast<uint32_t>(v.canonical.size()));
+  put(&s, uint32_t{0});
+  s += v.canonical;
+  return s;
+}
+
+bool decode_version(std::span<const std::byte> b, VersionMeta* v) {
+  if (b.size() < kVersionRecordHeader) return false;
+  const uint32_t len = get<uint32_t>(b, 40);
+  const uint32_t state = get<uint32_t>(b, 28);
+  if (b.size() != kVersionRecordHeader + len || state < 1 || state > 3) return false;
+  v->covered_offset = get<uint64_t>(b, 0);
+  v->definition_hash = get<uint64_t>(b, 8);
+  v->state_format_id = get<uint64_t>(b, 16);
+  v->state_bytes = get<uint32_t>(b, 24);
+  v->state = static_cast<VersionState>(state);
+  v->created_ns = get<int64_t>(b, 32);
+  v->canonical.assign(reinterpret_cast<const char*>(b.data()) + kVersionRecordHeader, len);
+  return true;
+}
+
+std::string_view as_chars(const MDB_val& v) {
+  return {static_cast<const char*>(v.mv_data), v.mv_size};
+}
+
+// Calls fn(key suffix after prefix, value) for every meta record whose key starts with prefix.
+Status for_each_prefixed(const lmdb::Txn& txn, MDB_dbi dbi, std::string_view prefix,
+                         const std::function<Status(std::string_view, std::span<const std::byte>)>& fn) {
+  auto cursor = lmdb::Cursor::open(txn, dbi);
+  if (!cursor.ok()) return cursor.status();
+  MDB_val k = lmdb::val(prefix), v{};
+  for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);; found = cursor->seek(&k, &v, MDB_NEXT)) {
+    if (!found.ok()) return found.status();
+    if (!*found || !as_chars(k).starts_with(prefix)) return Status::Ok();
+    Status s = fn(as_chars(k).substr(prefix.size()), lmdb::bytes(v));
+    if (!s.ok()) return s;
+  }
+}
+
+Status check_store_record(const lmdb::Txn& txn, MDB_dbi meta, const std::filesystem::path& dir,
+                          uint64_t* next_version) {
+  auto rec = txn.get(meta, lmdb::val(kStoreKey));
+  if (!rec.ok()) return rec.status();
+  const auto b = *rec;
+  if (b.size() != kStoreRecordBytes || std::memcmp(b.data(), kViewStoreMagic, 8) != 0) {
+    return Status::Corruption(dir.string() + ": meta 'store' record is not a runnel view store");
+  }
+  if (get<uint32_t>(b, 8) != kViewStoreLayoutVersion) {
+    return Status::Unsupported(dir.string() + ": view store layout version " +
+                               std::to_string(get<uint32_t>(b, 8)) + ", this build reads " +
+                               std::to_string(kViewStoreLayoutVersion));
+  }
+  if (next_version) *next_version = get<uint64_t>(b, 16);
+  return Status::Ok();
+}
+
+bool is_lmdb(const Status& s, int rc) { return !s.ok() && s.message().ends_with(mdb_strerror(rc)); }
+
+}  // namespace
+
+void encode_bucket_key(const BucketKey& key, std::byte (&out)[kBucketKeyBytes]) {
+  put_be64(out, key.row_id);
+  out[8] = static_cast<std::byte>(key.width_index);
+  put_be64(out + 9, static_cast<uint64_t>(key.bucket_start_ns) ^ kBucketSignBit);
+}
+
+BucketKey decode_bucket_key(std::span<const std::byte> bytes) {
+  BucketKey k;
+  k.row_id = get_be64(bytes.data());
+  k.width_index = static_cast<uint8_t>(bytes[8]);
+  k.bucket_start_ns = static_cast<int64_t>(get_be64(bytes.data() + 9) ^ kBucketSignBit);
+  return k;
+}
+
+bool same_batch_states(const ViewDef& a, const ViewDef& b) {
+  ViewDef x = a, y = b;
+  x.live_window_ns = y.live_window_ns = 0;
+  x.capacity = y.capacity = 0;
+  return x.canonical() == y.canonical();
+}
+
+int64_t BucketRetention::keep_ns(int64_t width_ns) const {
+  for (const Rule& r : rules) {
+    if (width_ns <= r.max_width_ns) return r.keep_ns;
+  }
+  return 0;
+}
+
+const ViewMeta* StoreState::find_view(std::string_view name) const {
+  for (const ViewMeta& v : views) {
+    if (v.name == name) return &v;
+  }
+  return nullptr;
+}
+
+const VersionMeta* StoreState::find_version(uint64_t version) const {
+  auto it = versions.find(version);
+  return it == versions.end() ? nullptr : &it->second;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared: the environment and its table of named-database handles.
+//
+// LMDB keeps MDB_dbi handles in the environment, and opening, closing or dropping one must not
+// overlap another transaction's begin/commit in the same process. `mu` serializes exactly
+// those moments (never a read): transaction begin and end, handle open/close/drop. A handle
+// stays open while a snapshot of this process references it (refs).
+
+namespace view_store_internal {
+
+struct Shared {
+  struct Handle {
+    MDB_dbi dbi = 0;
+    uint32_t refs = 0;
+  };
+
+  lmdb::Env env;
+  bool writer = false;
+  std::mutex mu;
+  MDB_dbi meta = 0;
+  MDB_dbi series = 0;
+  std::unordered_map<std::string, Handle> dbis;  // data databases (guarded by mu)
+  size_t live_snapshots = 0;                     // guarded by mu
+  std::vector<std::string> latest_names;         // reader: names of the newest snapshot
+
+  Result<lmdb::Txn> begin_read_locked();
+  Result<ViewSnapshot> snapshot(const std::shared_ptr<Shared>& self);
+  void release(ViewSnapshot* snap);
+  // Reader: opens `names` in a short read transaction whose commit keeps the handles.
+  Status open_handles_locked(const std::vector<std::string>& names);
+};
+
+Result<lmdb::Txn> Shared::begin_read_locked() {
+  for (int attempt = 0;; ++attempt) {
+    MDB_txn* raw = nullptr;
+    const int rc = mdb_txn_begin(env.get(), nullptr, MDB_RDONLY, &raw);
+    if (rc == 0) {
+      mdb_txn_abort(raw);
+      break;
+    }
+    if (rc != MDB_MAP_RESIZED || attempt > 0) return env.error(rc, "mdb_txn_begin (read)");
+    // The writer's file outgrew this process's map. Adopting the new size re-maps, which
+    // LMDB allows only with no transaction open in the process.
+    if (live_snapshots != 0) {
+      return Status::Busy(env.path().string() + ": the views file outgrew this reader's map (" +
+                          std::to_string(env.map_bytes()) +
+                          " bytes) while snapshots are open; retry after closing them, or "
+                          "raise ViewReaderOptions::map_bytes");
+    }
+    Status s = env.set_map_bytes(0);
+    if (!s.ok()) return s;
+  }
+  return lmdb::Txn::begin(env, MDB_RDONLY);
+}
+
+Status Shared::open_handles_locked(const std::vector<std::string>& names) {
+  auto txn = lmdb::Txn::begin(env, MDB_RDONLY);
+  if (!txn.ok()) return txn.status();
+  for (const std::string& name : names) {
+    MDB_dbi dbi = 0;
+    const int rc = mdb_dbi_open(txn->get(), name.c_str(), 0, &dbi);
+    if (rc == MDB_NOTFOUND) continue;  // dropped since: the next attempt reads newer metadata
+    if (rc != 0) return env.error(rc, "mdb_dbi_open(" + name + ")");
+    dbis.emplace(name, Handle{dbi, 0});
+  }
+  return txn->commit();  // a read-only commit keeps the handles opened in it
+}
+
+Result<ViewSnapshot> Shared::snapshot(const std::shared_ptr<Shared>& self) {
+  std::lock_guard lock(mu);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    auto txn = begin_read_locked();
+    if (!txn.ok()) return txn.status();
+    ViewSnapshot snap;
+    Status s = check_store_record(*txn, meta, env.path(), nullptr);
+    if (!s.ok()) return s;
+    auto wm = txn->get(meta, lmdb::val(kWatermarkKey));
+    if (!wm.ok()) return wm.status();
+    if (!decode_watermark(*wm, &snap.watermark_)) {
+      return Status::Corruption(env.path().string() + ": meta 'watermark' record is malformed");
+    }
+    s = for_each_prefixed(*txn, meta, kViewPrefix,
+                          [&](std::string_view name, std::span<const std::byte> b) {
+                            ViewInfo v;
+                            v.name = name;
+                            if (!decode_view(b, &v)) {
+                              return Status::Corruption(env.path().string() + ": meta record for view '" +
+                                                        v.name + "' is malformed");
+                            }
+                            v.covered_offset = v.current_version ? snap.watermark_.log_offset : 0;
+                            snap.views_.push_back(std::move(v));
+                            return Status::Ok();
+                          });
+    if (!s.ok()) return s;
+    std::vector<std::string> missing;
+    for (const ViewInfo& v : snap.views_) {
+      snap.dbi_names_.push_back(v.current_version ? data_db_name(v.name, v.current_version) : "");
+      if (!snap.dbi_names_.back().empty() && !dbis.contains(snap.dbi_names_.back())) {
+        missing.push_back(snap.dbi_names_.back());
+      }
+    }
+    if (missing.empty()) {
+      for (const std::string& name : snap.dbi_names_) {
+        if (name.empty()) {
+          snap.dbis_.push_back(0);
+          continue;
+        }
+        Handle& h = dbis[name];
+        ++h.refs;
+        snap.dbis_.push_back(h.dbi);
+      }
+      ++live_snapshots;
+      latest_names = snap.dbi_names_;
+      snap.txn_ = std::move(*txn);
+      snap.shared_ = self;
+      return snap;
+    }
+    txn->abort();
+    if (writer) {
+      return Status::Corruption(env.path().string() + ": database '" + missing[0] +
+                                "' is named by a view but was not opened by the writer");
+    }
+    s = open_handles_locked(missing);
+    if (!s.ok()) return s;
+  }
+  return Status::Busy(env.path().string() + ": view versions kept changing while taking a snapshot");
+}
+
+void Shared::release(ViewSnapshot* snap) {
+  std::lock_guard lock(mu);
+  snap->txn_.abort();
+  for (const std::string& name : snap->dbi_names_) {
+    if (name.empty()) continue;
+    auto it = dbis.find(name);
+    if (it != dbis.end() && it->second.refs > 0) --it->second.refs;
+  }
+  --live_snapshots;
+  if (writer) return;  // the writer's handles end in drop_retired()
+  // A reader closes handles that no snapshot uses and the newest one does not name (versions
+  // switched away), so a long-lived client does not run out of handle slots.
+  for (auto it = dbis.begin(); it != dbis.end();) {
+    const bool named = std::find(latest_names.begin(), latest_names.end(), it->first) !=
+                       latest_names.end();
+    if (it->second.refs == 0 && !named) {
+      mdb_dbi_close(env.get(), it->second.dbi);
+      it = dbis.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace view_store_internal
+
+using view_store_internal::Shared;
+
+// ---------------------------------------------------------------------------------------------
+// ViewSnapshot
+
+ViewSnapshot::ViewSnapshot(ViewSnapshot&& other) noexcept
+    : shared_(std::move(other.shared_)),
+      txn_(std::move(other.txn_)),
+      watermark_(other.watermark_),
+      views_(std::move(other.views_)),
+      dbi_names_(std::move(other.dbi_names_)),
+      dbis_(std::move(other.dbis_)) {}
+
+ViewSnapshot& ViewSnapshot::operator=(ViewSnapshot&& other) noexcept {
+  if (this != &other) {
+    release();
+    shared_ = std::move(other.shared_);
+    txn_ = std::move(other.txn_);
+    watermark_ = other.watermark_;
+    views_ = std::move(other.views_);
+    dbi_names_ = std::move(other.dbi_names_);
+    dbis_ = std::move(other.dbis_);
+  }
+  return *this;
+}
+
+ViewSnapshot::~ViewSnapshot() { release(); }
+
+void ViewSnapshot::release() {
+  if (shared_) {
+    shared_->release(this);
+    shared_.reset();
+  }
+}
+
+const ViewInfo* ViewSnapshot::find_view(std::string_view name) const {
+  for (const ViewInfo& v : views_) {
+    if (v.name == name) return &v;
+  }
+  return nullptr;
+}
+
+Result<size_t> ViewSnapshot::index_of(const ViewInfo& view) const {
+  if (views_.empty() || &view < views_.data() || &view >= views_.data() + views_.size()) {
+    return Status::Invalid("view '" + view.name + "' is not one of this snapshot's views");
+  }
+  return static_cast<size_t>(&view - views_.data());
+}
+
+Result<std::optional<std::span<const std::byte>>> ViewSnapshot::get(const ViewInfo& view,
+                                                                    const BucketKey& key) const {
+  auto i = index_of(view);
+  if (!i.ok()) return i.status();
+  if (view.current_version == 0) return std::optional<std::span<const std::byte>>();
+  std::byte k[kBucketKeyBytes];
+  encode_bucket_key(key, k);
+  auto v = txn_.get(dbis_[*i], lmdb::val(std::span<const std::byte>(k)));
+  if (v.status().code() == Status::Code::kNotFound) return std::optional<std::span<const std::byte>>();
+  if (!v.ok()) return v.status();
+  if (v->size() != view.state_bytes) {
+    return Status::Corruption(shared_->env.path().string() + ": view '" + view.name + "' row " +
+                              std::to_string(key.row_id) + ": state of " + std::to_string(v->size()) +
+                              " bytes, expected " + std::to_string(view.state_bytes));
+  }
+  return std::optional<std::span<const std::byte>>(*v);
+}
+
+Status ViewSnapshot::scan(const ViewInfo& view, uint64_t row_id, uint8_t width_index,
+                          int64_t from_ns, int64_t to_ns, const BucketFn& fn) const {
+  auto i = index_of(view);
+  if (!i.ok()) return i.status();
+  if (view.current_version == 0 || from_ns >= to_ns) return Status::Ok();
+  auto cursor = lmdb::Cursor::open(txn_, dbis_[*i]);
+  if (!cursor.ok()) return cursor.status();
+  std::byte start[kBucketKeyBytes];
+  encode_bucket_key({row_id, width_index, from_ns}, start);
+  MDB_val k = lmdb::val(std::span<const std::byte>(start)), v{};
+  for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);; found = cursor->seek(&k, &v, MDB_NEXT)) {
+    if (!found.ok()) return found.status();
+    if (!*found || k.mv_size != kBucketKeyBytes) return Status::Ok();
+    const BucketKey key = decode_bucket_key(lmdb::bytes(k));
+    if (key.row_id != row_id || key.width_index != width_index || key.bucket_start_ns >= to_ns) {
+      return Status::Ok();
+    }
+    if (v.mv_size != view.state_bytes) {
+      return Status::Corruption(shared_->env.path().string() + ": view '" + view.name + "' row " +
+                                std::to_string(row_id) + ": state of " + std::to_string(v.mv_size) +
+                                " bytes, expected " + std::to_string(view.state_bytes));
+    }
+    if (!fn(key.bucket_start_ns, lmdb::bytes(v))) return Status::Ok();
+  }
+}
+
+Status ViewSnapshot::for_each_row(const ViewInfo& view, const std::function<bool(uint64_t)>& fn) const {
+  auto i = index_of(view);
+  if (!i.ok()) return i.status();
+  if (view.current_version == 0) return Status::Ok();
+  auto cursor = lmdb::Cursor::open(txn_, dbis_[*i]);
+  if (!cursor.ok()) return cursor.status();
+  std::byte start[kBucketKeyBytes];
+  encode_bucket_key({0, 0, std::numeric_limits<int64_t>::min()}, start);
+  MDB_val k = lmdb::val(std::span<const std::byte>(start)), v{};
+  for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);;) {
+    if (!found.ok()) return found.status();
+    if (!*found || k.mv_size != kBucketKeyBytes) return Status::Ok();
+    const uint64_t row = decode_bucket_key(lmdb::bytes(k)).row_id;
+    if (!fn(row) || row == std::numeric_limits<uint64_t>::max()) return Status::Ok();
+    encode_bucket_key({row + 1, 0, std::numeric_limits<int64_t>::min()}, start);
+    k = lmdb::val(std::span<const std::byte>(start));
+    found = cursor->seek(&k, &v, MDB_SET_RANGE);
+  }
+}
+
+Status ViewSnapshot::for_each_series(
+    const std::function<bool(uint64_t, std::span<const std::byte>)>& fn) const {
+  auto cursor = lmdb::Cursor::open(txn_, shared_->series);
+  if (!cursor.ok()) return cursor.status();
+  MDB_val k{}, v{};
+  for (auto found = cursor->seek(&k, &v, MDB_FIRST);; found = cursor->seek(&k, &v, MDB_NEXT)) {
+    if (!found.ok()) return found.status();
+    if (!*found) return Status::Ok();
+    if (k.mv_size != kSeriesKeyBytes) continue;
+    if (!fn(get_be64(static_cast<const std::byte*>(k.mv_data)), lmdb::bytes(v))) return Status::Ok();
+  }
+}
+
+Result<std::optional<std::span<const std::byte>>> ViewSnapshot::row_key(uint64_t row_id) const {
+  std::byte k[kSeriesKeyBytes];
+  put_be64(k, row_id);
+  auto v = txn_.get(shared_->series, lmdb::val(std::span<const std::byte>(k)));
+  if (v.status().code() == Status::Code::kNotFound) return std::optional<std::span<const std::byte>>();
+  if (!v.ok()) return v.status();
+  return std::optional<std::span<const std::byte>>(*v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ViewReader
+
+ViewReader::ViewReader(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
+ViewReader::~ViewReader() = default;
+
+Result<std::unique_ptr<ViewReader>> ViewReader::open(const std::filesystem::path& dir,
+                                                     const ViewReaderOptions& options) {
+  std::error_code ec;
+  const bool exists = std::filesystem::exists(dir / "data.mdb", ec);
+  if (ec) return Status::IoError((dir / "data.mdb").string() + ": " + ec.message());
+  if (!exists) return Status::NotFound(dir.string() + ": no batch views yet (data.mdb missing)");
+  lmdb::EnvOptions eo;
+  eo.dir = dir;
+  eo.flags = MDB_RDONLY;
+  eo.map_bytes = options.map_bytes;
+  eo.max_dbs = options.max_dbs;
+  auto env = lmdb::Env::open(eo);
+  if (!env.ok()) {
+    std::string msg = env.status().message();
+    if (msg.ends_with(std::strerror(EACCES))) {
+      msg += " (a reader needs read access to data.mdb and read-write access to lock.mdb, which "
+             "holds LMDB's reader table: run as a member of the daemon's group)";
+      return Status::IoError(std::move(msg));
+    }
+    return env.status();
+  }
+  auto shared = std::make_shared<Shared>();
+  shared->env = std::move(*env);
+  auto txn = lmdb::Txn::begin(shared->env, MDB_RDONLY);
+  if (!txn.ok()) return txn.status();
+  for (auto [name, dbi] : {std::pair{kMetaDb, &shared->meta}, std::pair{kSeriesDb, &shared->series}}) {
+    const int rc = mdb_dbi_open(txn->get(), name, 0, dbi);
+    if (rc == MDB_NOTFOUND) return Status::NotFound(dir.string() + ": no batch views yet");
+    if (rc != 0) return shared->env.error(rc, std::string("mdb_dbi_open(") + name + ")");
+  }
+  Status s = check_store_record(*txn, shared->meta, dir, nullptr);
+  if (!s.ok()) return s;
+  s = txn->commit();
+  if (!s.ok()) return s;
+  return std::unique_ptr<ViewReader>(new ViewReader(std::move(shared)));
+}
+
+Result<ViewSnapshot> ViewReader::snapshot() const { return shared_->snapshot(shared_); }
+
+// ---------------------------------------------------------------------------------------------
+// ViewStore
+
+ViewStore::ViewStore(const ViewStoreOptions& options) : options_(options) {}
+ViewStore::~ViewStore() = default;
+
+Result<std::unique_ptr<ViewStore>> ViewStore::open(const ViewStoreOptions& options) {
+  std::error_code ec;
+  std::filesystem::create_directory(options.dir, ec);
+  if (ec) {
+    return Status::IoError(options.dir.string() + ": cannot create the views directory: " + ec.message());
+  }
+  ::chmod(options.dir.c_str(), 0750);  // best effort: readers need x on it, group `runnel`
+  std::unique_ptr<ViewStore> store(new ViewStore(options));
+  lmdb::EnvOptions eo;
+  eo.dir = options.dir;
+  eo.flags = (options.sync ? 0 : MDB_NOSYNC) | (options.write_map ? MDB_WRITEMAP : 0);
+  eo.map_bytes = options.initial_map_bytes;
+  eo.max_dbs = options.max_dbs;
+  eo.max_readers = options.max_readers;
+  eo.mode = options.data_mode;
+  auto env = lmdb::Env::open(eo);
+  if (!env.ok()) return env.status();
+  // A larger map recorded by an earlier run is kept (LMDB adopts the file's size).
+  if (env->map_bytes() < options.initial_map_bytes) {
+    Status s = env->set_map_bytes(options.initial_map_bytes);
+    if (!s.ok()) return s;
+  }
+  const auto lock_path = options.dir / "lock.mdb";
+  if (::chmod(lock_path.c_str(), options.lock_mode) != 0) {
+    return Status::Errno(lock_path.string() + ": chmod", errno);
+  }
+  store->shared_ = std::make_shared<Shared>();
+  store->shared_->env = std::move(*env);
+  store->shared_->writer = true;
+
+  // Create the core databases and records on first use; open every version's database.
+  Status s = store->write(
+      [&](lmdb::Txn& txn) {
+        Shared& sh = *store->shared_;
+        for (auto [name, dbi] : {std::pair{kMetaDb, &sh.meta}, std::pair{kSeriesDb, &sh.series}}) {
+          const int rc = mdb_dbi_open(txn.get(), name, MDB_CREATE, dbi);
+          if (rc != 0) return txn.error(rc, std::string("mdb_dbi_open(") + name + ")");
+        }
+        auto rec = txn.get(sh.meta, lmdb::val(kStoreKey));
+        if (rec.status().code() == Status::Code::kNotFound) {
+          Status ps = txn.put(sh.meta, lmdb::val(kStoreKey), lmdb::val(encode_store(1)));
+          if (ps.ok()) ps = txn.put(sh.meta, lmdb::val(kWatermarkKey), lmdb::val(encode_watermark({})));
+          if (!ps.ok()) return ps;
+        } else if (!rec.ok()) {
+          return rec.status();
+        }
+        Status cs = check_store_record(txn, sh.meta, options.dir, nullptr);
+        if (!cs.ok()) return cs;
+        return for_each_prefixed(txn, sh.meta, kVersionPrefix,
+                                 [&](std::string_view suffix, std::span<const std::byte> b) {
+                                   VersionMeta v;
+                                   const size_t slash = suffix.rfind('/');
+                                   if (slash == std::string_view::npos || !decode_version(b, &v)) {
+                                     return Status::Corruption(options.dir.string() + ": malformed meta record 'version/" +
+                                                               std::string(suffix) + "'");
+                                   }
+                                   const std::string name = data_db_name(
+                                       suffix.substr(0, slash), std::stoull(std::string(suffix.substr(slash + 1))));
+                                   MDB_dbi dbi = 0;
+                                   const int rc = mdb_dbi_open(txn.get(), name.c_str(), 0, &dbi);
+                                   if (rc == MDB_NOTFOUND && v.state == VersionState::kRetired) return Status::Ok();
+                                   if (rc != 0) return txn.error(rc, "mdb_dbi_open(" + name + ")");
+                                   sh.dbis.emplace(name, Shared::Handle{dbi, 0});
+                                   return Status::Ok();
+                                 });
+      },
+      /*opens_dbis=*/true);
+  if (!s.ok()) {
+    store->shared_->dbis.clear();
+    return s;
+  }
+  s = store->load_state();
+  if (!s.ok()) return s;
+  return store;
+}
+
+Status ViewStore::load_state() {
+  std::lock_guard lock(shared_->mu);
+  auto txn = lmdb::Txn::begin(shared_->env, MDB_RDONLY);
+  if (!txn.ok()) return txn.status();
+  StoreState st;
+  const auto& dir = options_.dir;
+  auto wm = txn->get(shared_->meta, lmdb::val(kWatermarkKey));
+  if (!wm.ok()) return wm.status();
+  if (!decode_watermark(*wm, &st.watermark)) {
+    return Status::Corruption(dir.string() + ": meta 'watermark' record is malformed");
+  }
+  Status s = for_each_prefixed(*txn, shared_->meta, kViewPrefix,
+                               [&](std::string_view name, std::span<const std::byte> b) {
+                                 ViewInfo info;
+                                 if (!decode_view(b, &info)) {
+                                   return Status::Corruption(dir.string() + ": malformed meta record for view '" +
+                                                             std::string(name) + "'");
+                                 }
+                                 st.views.push_back({std::string(name), info.current_version, info.building_version});
+                                 return Status::Ok();
+                               });
+  if (!s.ok()) return s;
+  s = for_each_prefixed(*txn, shared_->meta, kVersionPrefix,
+                        [&](std::string_view suffix, std::span<const std::byte> b) {
+                          VersionMeta v;
+                          const size_t slash = suffix.rfind('/');
+                          if (slash == std::string_view::npos || !decode_version(b, &v)) {
+                            return Status::Corruption(dir.string() + ": malformed meta record 'version/" +
+                                                      std::string(suffix) + "'");
+                          }
+                          v.view = suffix.substr(0, slash);
+                          v.version = std::stoull(std::string(suffix.substr(slash + 1)));
+                          // A definition this build cannot read, or whose states it lays out
+                          // differently, has no layout: it is never merged into (rebuild it).
+                          auto def = parse_view(v.canonical);
+                          if (def.ok()) {
+                            v.def = std::move(*def);
+                            auto layout = AggregateLayout::for_view(v.def);
+                            if (layout.ok() && layout->state_format_id() == v.state_format_id &&
+                                layout->state_bytes() == v.state_bytes) {
+                              v.layout = std::make_shared<const AggregateLayout>(std::move(*layout));
+                            }
+                          }
+                          st.versions.emplace(v.version, std::move(v));
+                          return Status::Ok();
+                        });
+  if (!s.ok()) return s;
+  state_ = std::move(st);
+  return Status::Ok();
+}
+
+uint64_t ViewStore::retention_offset() const {
+  uint64_t offset = state_.watermark.log_offset;
+  for (const auto& [_, v] : state_.versions) {
+    if (v.state == VersionState::kBuilding) offset = std::min(offset, v.covered_offset);
+  }
+  return offset;
+}
+
+uint64_t ViewStore::map_bytes() const { return shared_->env.map_bytes(); }
+
+Result<MDB_dbi> ViewStore::data_dbi(std::string_view view, uint64_t version) const {
+  const std::string name = data_db_name(view, version);
+  std::lock_guard lock(shared_->mu);
+  auto it = shared_->dbis.find(name);
+  if (it == shared_->dbis.end()) {
+    return Status::Corruption(options_.dir.string() + ": database '" + name + "' is not open");
+  }
+  return it->second.dbi;
+}
+
+Result<ViewSnapshot> ViewStore::snapshot() const { return shared_->snapshot(shared_); }
+
+Status ViewStore::grow_map(CommitError* why) {
+  const uint64_t current = shared_->env.map_bytes();
+  if (current >= options_.max_map_bytes) {
+    counters_.map_full_errors.fetch_add(1, std::memory_order_relaxed);
+    if (why) *why = CommitError::kMapFull;
+    return Status::Full(options_.dir.string() + ": the batch views' LMDB map is full at " +
+                        std::to_string(current) + " bytes (views.max_map_bytes = " +
+                        std::to_string(options_.max_map_bytes) +
+                        "); raise views.max_map_bytes (or shorten bucket retention). The log is "
+                        "kept: compaction resumes from the watermark once the step fits");
+  }
+  std::lock_guard lock(shared_->mu);
+  if (shared_->live_snapshots != 0) {
+    if (why) *why = CommitError::kOther;
+    return Status::Busy(options_.dir.string() + ": the LMDB map must grow but " +
+                        std::to_string(shared_->live_snapshots) +
+                        " snapshots of this process are open");
+  }
+  const uint64_t grown = std::min(options_.max_map_bytes, std::max(current * 2, current + (1 << 20)));
+  Status s = shared_->env.set_map_bytes(grown);
+  if (s.ok()) counters_.map_grows.fetch_add(1, std::memory_order_relaxed);
+  return s;
+}
+
+Status ViewStore::write(const std::function<Status(lmdb::Txn&)>& fn, bool opens_dbis,
+                        CommitError* why) {
+  if (why) *why = CommitError::kNone;
+  for (;;) {
+    std::unique_lock lock(shared_->mu);
+    auto txn = lmdb::Txn::begin(shared_->env, 0);
+    if (!txn.ok()) {
+      if (why) *why = CommitError::kOther;
+      return txn.status();
+    }
+    if (!opens_dbis) lock.unlock();
+    Status s = fn(*txn);
+    if (!lock.owns_lock()) lock.lock();
+    if (s.ok()) {
+      s = txn->commit();
+    } else {
+      txn->abort();
+    }
+    lock.unlock();
+    if (s.ok()) return s;
+    if (is_lmdb(s, MDB_MAP_FULL)) {
+      Status g = grow_map(why);
+      if (!g.ok()) return g;
+      continue;  // the whole transaction again, in the larger map
+    }
+    if (why && *why == CommitError::kNone) {
+      *why = is_lmdb(s, MDB_TXN_FULL) ? CommitError::kTxnFull : CommitError::kOther;
+    }
+    if (is_lmdb(s, MDB_TXN_FULL)) {
+      counters_.txn_full_errors.fetch_add(1, std::memory_order_relaxed);
+      return Status::Full(s.message() +
+                          " (a compaction step touched more pages than one LMDB transaction holds; "
+                          "it is split and redone)");
+    }
+    return s;
+  }
+}
+
+Status ViewStore::commit_step(const StepWrite& step, CommitError* why) {
+  if (auto dead = shared_->env.clear_stale_readers(); dead.ok() && *dead > 0) {
+    counters_.stale_readers_cleared.fetch_add(static_cast<uint64_t>(*dead), std::memory_order_relaxed);
+  }
+  CommitError local = CommitError::kNone;
+  CommitError* w = why ? why : &local;
+  Status s = write([&](lmdb::Txn& txn) { return apply_step(txn, step, w); }, false, w);
+  if (!s.ok()) return s;
+  uint64_t states = 0;
+  for (const StepTarget& t : step.targets) states += t.states.size();
+  counters_.steps.fetch_add(1, std::memory_order_relaxed);
+  counters_.states_written.fetch_add(states, std::memory_order_relaxed);
+  if (step.rebuild_version != 0) {
+    state_.versions.at(step.rebuild_version).covered_offset = step.to.end_offset;
+  } else {
+    Watermark& wm = state_.watermark;
+    wm.log_offset = step.to.end_offset;
+    wm.records += step.records;
+    if (step.records > 0) {
+      wm.last_record_offset = step.to.last_record_offset;
+      wm.ring_epoch = step.to.ring_epoch;
+      wm.ring_pos = step.to.ring_pos;
+    }
+    for (auto& [_, v] : state_.versions) {
+      if (v.state == VersionState::kCurrent) v.covered_offset = wm.log_offset;
+    }
+  }
+  return s;
+}
+
+namespace {
+
+// Rewrites the covered_offset of version record `key` in txn.
+Status set_covered(lmdb::Txn& txn, MDB_dbi meta, const std::string& key, uint64_t covered) {
+  auto rec = txn.get(meta, lmdb::val(key));
+  if (!rec.ok()) return rec.status();
+  std::string b(reinterpret_cast<const char*>(rec->data()), rec->size());
+  if (b.size() < kVersionRecordHeader) return Status::Corruption("meta record '" + key + "' is malformed");
+  std::memcpy(b.data(), &covered, sizeof covered);
+  return txn.put(meta, lmdb::val(key), lmdb::val(b));
+}
+
+}  // namespace
+
+Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError* why) {
+  const std::string& dir = options_.dir.string();
+  const MDB_dbi meta = shared_->meta;
+  // The coverage this step advances, as committed (not as cached): a step that does not start
+  // exactly there would count records twice or miss them.
+  uint64_t stored_from = 0;
+  const VersionMeta* rebuilt = nullptr;
+  if (step.rebuild_version == 0) {
+    auto wm = txn.get(meta, lmdb::val(kWatermarkKey));
+    if (!wm.ok()) return wm.status();
+    Watermark w;
+    if (!decode_watermark(*wm, &w)) return Status::Corruption(dir + ": meta 'watermark' record is malformed");
+    stored_from = w.log_offset;
+  } else {
+    rebuilt = state_.find_version(step.rebuild_version);
+    if (rebuilt == nullptr || rebuilt->state != VersionState::kBuilding) {
+      return Status::Invalid(dir + ": rebuild step for version " + std::to_string(step.rebuild_version) +
+                             ", which is not being built");
+    }
+    auto rec = txn.get(meta, lmdb::val(version_key(rebuilt->view, rebuilt->version)));
+    if (!rec.ok()) return rec.status();
+    VersionMeta v;
+    if (!decode_version(*rec, &v)) return Status::Corruption(dir + ": malformed version record");
+    stored_from = v.covered_offset;
+  }
+  if (step.from_offset != stored_from || step.to.end_offset < step.from_offset) {
+    *why = CommitError::kStale;
+    return Status::Invalid(dir + ": step [" + std::to_string(step.from_offset) + ", " +
+                           std::to_string(step.to.end_offset) + ") does not start at the stored coverage " +
+                           std::to_string(stored_from));
+  }
+
+  for (const StepTarget& target : step.targets) {
+    const VersionMeta* v = state_.find_version(target.version);
+    const VersionState wanted = step.rebuild_version ? VersionState::kBuilding : VersionState::kCurrent;
+    if (v == nullptr || v->state != wanted ||
+        (step.rebuild_version != 0 && target.version != step.rebuild_version)) {
+      return Status::Invalid(dir + ": step targets version " + std::to_string(target.version) +
+                             ", which is not a " + (step.rebuild_version ? "version being built" : "current version"));
+    }
+    if (!v->layout) {
+      return Status::Invalid(dir + ": view '" + v->view + "' version " + std::to_string(v->version) +
+                             ": stored definition or state format is not this build's; rebuild the view");
+    }
+    const AggregateLayout& layout = *v->layout;
+    const size_t n = layout.state_bytes();
+    merge_buf_.resize(n);
+    auto dbi = data_dbi(v->view, v->version);
+    if (!dbi.ok()) return dbi.status();
+    auto cursor = lmdb::Cursor::open(txn, *dbi);
+    if (!cursor.ok()) return cursor.status();
+    MDB_cursor* c = cursor->get();
+    bool past_end = false;  // every later key is beyond the database's last key: append
+    const BucketKey* prev = nullptr;
+    uint64_t merged = 0;
+    // States come in key order, scattered in the caller's memory: fetch ahead of the puts.
+    constexpr size_t kPrefetch = 16;
+    for (size_t i = 0; i < std::min(kPrefetch, target.states.size()); ++i) {
+      __builtin_prefetch(target.states[i].state.data());
+    }
+    for (size_t i = 0; i < target.states.size(); ++i) {
+      const PartialState& ps = target.states[i];
+      if (i + kPrefetch < target.states.size()) __builtin_prefetch(target.states[i + kPrefetch].state.data());
+      if (ps.state.size() != n || (prev != nullptr && !(*prev < ps.key))) {
+        return Status::Invalid(dir + ": view '" + v->view + "': step states must be " + std::to_string(n) +
+                               " bytes, sorted by key and unique");
+      }
+      prev = &ps.key;
+      std::byte kb[kBucketKeyBytes];
+      encode_bucket_key(ps.key, kb);
+      MDB_val k{kBucketKeyBytes, kb};
+      if (!past_end) {
+        MDB_val fk = k, fv{};
+        const int rc = mdb_cursor_get(c, &fk, &fv, MDB_SET_RANGE);
+        if (rc == MDB_NOTFOUND) {
+          past_end = true;
+        } else if (rc != 0) {
+          return txn.error(rc, "mdb_cursor_get(" + v->view + ")");
+        } else if (fk.mv_size == kBucketKeyBytes && std::memcmp(fk.mv_data, kb, kBucketKeyBytes) == 0) {
+          const std::span<const std::byte> old = lmdb::bytes(fv);
+          Status valid = old.size() == n ? layout.validate(old)
+                                         : Status::Corruption("state of " + std::to_string(old.size()) + " bytes");
+          if (!valid.ok()) {
+            return Status::Corruption(dir + ": view '" + v->view + "' version " + std::to_string(v->version) +
+                                      " row " + std::to_string(ps.key.row_id) + " bucket " +
+                                      std::to_string(ps.key.bucket_start_ns) + ": " + valid.message());
+          }
+          std::memcpy(merge_buf_.data(), old.data(), n);
+          layout.merge(merge_buf_, ps.state);
+          MDB_val nv{n, merge_buf_.data()};
+          const int prc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
+          if (prc != 0) return txn.error(prc, "mdb_cursor_put(" + v->view + ", merge)");
+          ++merged;
+          continue;
+        }
+      }
+      MDB_val nv{n, const_cast<std::byte*>(ps.state.data())};
+      const int prc = mdb_cursor_put(c, &k, &nv, past_end ? MDB_APPEND : 0);
+      if (prc != 0) return txn.error(prc, "mdb_cursor_put(" + v->view + ")");
+    }
+    counters_.states_merged.fetch_add(merged, std::memory_order_relaxed);
+  }
+
+  if (!step.series.empty()) {
+    std::vector<uint32_t> order(step.series.size());
+    for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](uint32_t a, uint32_t b) { return step.series[a].row_id < step.series[b].row_id; });
+    auto cursor = lmdb::Cursor::open(txn, shared_->series);
+    if (!cursor.ok()) return cursor.status();
+    for (uint32_t i : order) {
+      std::byte kb[kSeriesKeyBytes];
+      put_be64(kb, step.series[i].row_id);
+      MDB_val k{kSeriesKeyBytes, kb};
+      MDB_val v = lmdb::val(step.series[i].key);
+      const int rc = mdb_cursor_put(cursor->get(), &k, &v, MDB_NOOVERWRITE);
+      if (rc != 0 && rc != MDB_KEYEXIST) return txn.error(rc, "mdb_cursor_put(series)");
+    }
+  }
+
+  if (step.rebuild_version != 0) {
+    return set_covered(txn, meta, version_key(rebuilt->view, rebuilt->version), step.to.end_offset);
+  }
+  Watermark w = state_.watermark;
+  w.log_offset = step.to.end_offset;
+  w.records += step.records;
+  if (step.records > 0) {
+    w.last_record_offset = step.to.last_record_offset;
+    w.ring_epoch = step.to.ring_epoch;
+    w.ring_pos = step.to.ring_pos;
+  }
+  w.commit_ns = realtime_ns();
+  Status s = txn.put(meta, lmdb::val(kWatermarkKey), lmdb::val(encode_watermark(w)));
+  for (const auto& [_, v] : state_.versions) {
+    if (!s.ok()) break;
+    if (v.state == VersionState::kCurrent) {
+      s = set_covered(txn, meta, version_key(v.view, v.version), w.log_offset);
+    }
+  }
+  return s;
+}
+
+Result<uint64_t> ViewStore::begin_version(const ViewDef& def, uint64_t start_offset) {
+  Status s = def.validate();
+  if (!s.ok()) return s;
+  auto layout = AggregateLayout::for_view(def);
+  if (!layout.ok()) return layout.status();
+  const MDB_dbi meta = shared_->meta;
+  uint64_t version = 0;
+  std::string name;
+  MDB_dbi dbi = 0;
+  s = write(
+      [&](lmdb::Txn& txn) {
+        uint64_t next = 0;
+        Status cs = check_store_record(txn, meta, options_.dir, &next);
+        if (!cs.ok()) return cs;
+        version = next;
+        cs = txn.put(meta, lmdb::val(kStoreKey), lmdb::val(encode_store(next + 1)));
+        if (!cs.ok()) return cs;
+        ViewMeta view{def.name, 0, 0};
+        const VersionMeta* current = nullptr;
+        if (const ViewMeta* old = state_.find_view(def.name)) {
+          view = *old;
+          current = state_.find_version(view.current_version);
+          if (const VersionMeta* b = state_.find_version(view.building_version)) {
+            VersionMeta retired = *b;
+            retired.state = VersionState::kRetired;
+            cs = txn.put(meta, lmdb::val(version_key(b->view, b->version)), lmdb::val(encode_version(retired)));
+            if (!cs.ok()) return cs;
+          }
+        }
+        view.building_version = version;
+        cs = txn.put(meta, lmdb::val(view_key(def.name)), lmdb::val(encode_view(view, current)));
+        if (!cs.ok()) return cs;
+        VersionMeta v;
+        v.state = VersionState::kBuilding;
+        v.canonical = def.canonical();
+        v.definition_hash = def.definition_hash();
+        v.state_format_id = layout->state_format_id();
+        v.state_bytes = static_cast<uint32_t>(layout->state_bytes());
+        v.covered_offset = start_offset;
+        v.created_ns = realtime_ns();
+        cs = txn.put(meta, lmdb::val(version_key(def.name, version)), lmdb::val(encode_version(v)));
+        if (!cs.ok()) return cs;
+        name = data_db_name(def.name, version);
+        const int rc = mdb_dbi_open(txn.get(), name.c_str(), MDB_CREATE, &dbi);
+        return rc == 0 ? Status::Ok() : txn.error(rc, "mdb_dbi_open(" + name + ", create)");
+      },
+      /*opens_dbis=*/true);
+  if (!s.ok()) return s;
+  {
+    std::lock_guard lock(shared_->mu);
+    shared_->dbis.emplace(name, Shared::Handle{dbi, 0});
+  }
+  s = load_state();
+  if (!s.ok()) return s;
+  return version;
+}
+
+Status ViewStore::switch_version(std::string_view view_name) {
+  const ViewMeta* view = state_.find_view(view_name);
+  const VersionMeta* next = view ? state_.find_version(view->building_version) : nullptr;
+  if (next == nullptr) {
+    return Status::Invalid(options_.dir.string() + ": view '" + std::string(view_name) + "' has no version being built");
+  }
+  if (next->covered_offset != state_.watermark.log_offset) {
+    return Status::Invalid(options_.dir.string() + ": view '" + std::string(view_name) + "' version " +
+                           std::to_string(next->version) + " covers the log up to " +
+                           std::to_string(next->covered_offset) + ", not the watermark " +
+                           std::to_string(state_.watermark.log_offset));
+  }
+  const MDB_dbi meta = shared_->meta;
+  Status s = write(
+      [&](lmdb::Txn& txn) {
+        VersionMeta made = *next;
+        made.state = VersionState::kCurrent;
+        Status ps = txn.put(meta, lmdb::val(version_key(made.view, made.version)), lmdb::val(encode_version(made)));
+        if (!ps.ok()) return ps;
+        if (const VersionMeta* old = state_.find_version(view->current_version)) {
+          VersionMeta retired = *old;
+          retired.state = VersionState::kRetired;
+          ps = txn.put(meta, lmdb::val(version_key(old->view, old->version)), lmdb::val(encode_version(retired)));
+          if (!ps.ok()) return ps;
+        }
+        ViewMeta updated{view->name, made.version, 0};
+        return txn.put(meta, lmdb::val(view_key(view->name)), lmdb::val(encode_view(updated, &made)));
+      },
+      false);
+  if (!s.ok()) return s;
+  return load_state();
+}
+
+Status ViewStore::update_definition(const ViewDef& def) {
+  const ViewMeta* view = state_.find_view(def.name);
+  const VersionMeta* current = view ? state_.find_version(view->current_version) : nullptr;
+  if (current == nullptr) {
+    return Status::Invalid(options_.dir.string() + ": view '" + def.name + "' has no current version");
+  }
+  auto layout = AggregateLayout::for_view(def);
+  if (!layout.ok()) return layout.status();
+  if (!same_batch_states(current->def, def) || layout->state_format_id() != current->state_format_id) {
+    return Status::Invalid(options_.dir.string() + ": view '" + def.name +
+                           "': the new definition changes the batch states; rebuild instead");
+  }
+  const MDB_dbi meta = shared_->meta;
+  Status s = write(
+      [&](lmdb::Txn& txn) {
+        VersionMeta v = *current;
+        v.canonical = def.canonical();
+        v.definition_hash = def.definition_hash();
+        Status ps = txn.put(meta, lmdb::val(version_key(v.view, v.version)), lmdb::val(encode_version(v)));
+        if (!ps.ok()) return ps;
+        return txn.put(meta, lmdb::val(view_key(v.view)), lmdb::val(encode_view(*view, &v)));
+      },
+      false);
+  if (!s.ok()) return s;
+  return load_state();
+}
+
+Status ViewStore::cancel_build(std::string_view view_name) {
+  const ViewMeta* view = state_.find_view(view_name);
+  const VersionMeta* building = view ? state_.find_version(view->building_version) : nullptr;
+  if (building == nullptr) return Status::Ok();
+  const MDB_dbi meta = shared_->meta;
+  Status s = write(
+      [&](lmdb::Txn& txn) {
+        VersionMeta retired = *building;
+        retired.state = VersionState::kRetired;
+        Status ps = txn.put(meta, lmdb::val(version_key(retired.view, retired.version)),
+                            lmdb::val(encode_version(retired)));
+        if (!ps.ok()) return ps;
+        ViewMeta updated = *view;
+        updated.building_version = 0;
+        return txn.put(meta, lmdb::val(view_key(view->name)),
+                       lmdb::val(encode_view(updated, state_.find_version(view->current_version))));
+      },
+      false);
+  if (!s.ok()) return s;
+  return load_state();
+}
+
+Status ViewStore::remove_view(std::string_view view_name) {
+  const MDB_dbi meta = shared_->meta;
+  Status s = write(
+      [&](lmdb::Txn& txn) {
+        for (const auto& [_, v] : state_.versions) {
+          if (v.view != view_name || v.state == VersionState::kRetired) continue;
+          VersionMeta retired = v;
+          retired.state = VersionState::kRetired;
+          Status ps = txn.put(meta, lmdb::val(version_key(v.view, v.version)), lmdb::val(encode_version(retired)));
+          if (!ps.ok()) return ps;
+        }
+        Status ds = txn.del(meta, lmdb::val(view_key(view_name)));
+        return ds.code() == Status::Code::kNotFound ? Status::Ok() : ds;
+      },
+      false);
+  if (!s.ok()) return s;
+  return load_state();
+}
+
+Result<size_t> ViewStore::drop_retired() {
+  std::vector<const VersionMeta*> retired;
+  for (const auto& [_, v] : state_.versions) {
+    if (v.state == VersionState::kRetired) retired.push_back(&v);
+  }
+  if (retired.empty()) return size_t{0};
+  size_t dropped = 0;
+  const MDB_dbi meta = shared_->meta;
+  // Holds mu for the whole transaction (opens_dbis): mdb_drop closes the handle at once.
+  Status s = write(
+      [&](lmdb::Txn& txn) {
+        dropped = 0;
+        for (const VersionMeta* v : retired) {
+          const std::string name = data_db_name(v->view, v->version);
+          auto it = shared_->dbis.find(name);
+          if (it != shared_->dbis.end() && it->second.refs > 0) continue;  // a snapshot reads it
+          MDB_dbi dbi = 0;
+          int rc = 0;
+          if (it != shared_->dbis.end()) {
+            dbi = it->second.dbi;
+            shared_->dbis.erase(it);  // closed by mdb_drop below, even if the txn aborts
+          } else {
+            rc = mdb_dbi_open(txn.get(), name.c_str(), 0, &dbi);
+          }
+          if (rc == 0) rc = mdb_drop(txn.get(), dbi, 1);
+          if (rc != 0 && rc != MDB_NOTFOUND) return txn.error(rc, "mdb_drop(" + name + ")");
+          Status ds = txn.del(meta, lmdb::val(version_key(v->view, v->version)));
+          if (!ds.ok()) return ds;
+          ++dropped;
+        }
+        return Status::Ok();
+      },
+      /*opens_dbis=*/true);
+  if (!s.ok()) return s;
+  counters_.versions_dropped.fetch_add(dropped, std::memory_order_relaxed);
+  s = load_state();
+  if (!s.ok()) return s;
+  return dropped;
+}
+
+Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, int64_t now_ns,
+                                            uint64_t max_deletes_per_txn) {
+  uint64_t total = 0;
+  max_deletes_per_txn = std::max<uint64_t>(max_deletes_per_txn, 1);
+  for (const auto& [_, v] : state_.versions) {
+    if (v.state == VersionState::kRetired) continue;
+    std::vector<int64_t> cutoff(v.def.widths_ns.size(), std::numeric_limits<int64_t>::min());
+    bool any = false;
+    for (size_t w = 0; w < cutoff.size(); ++w) {
+      const int64_t keep = retention.keep_ns(v.def.widths_ns[w]);
+      if (keep > 0 && now_ns > std::numeric_limits<int64_t>::min() + keep) {
+        cutoff[w] = now_ns - keep;
+        any = true;
+      }
+    }
+    if (!any) continue;
+    auto dbi_found = data_dbi(v.view, v.version);
+    if (!dbi_found.ok()) return dbi_found.status();
+    const MDB_dbi dbi = *dbi_found;
+    BucketKey resume{0, 0, std::numeric_limits<int64_t>::min()};
+    for (bool done = false; !done;) {
+      uint64_t deleted = 0;
+      BucketKey next = resume;
+      Status s = write(
+          [&](lmdb::Txn& txn) {
+            deleted = 0;
+            next = resume;
+            done = false;
+            auto cursor = lmdb::Cursor::open(txn, dbi);
+            if (!cursor.ok()) return cursor.status();
+            std::byte kb[kBucketKeyBytes];
+            encode_bucket_key(resume, kb);
+            MDB_val k{kBucketKeyBytes, kb}, val{};
+            auto found = cursor->seek(&k, &val, MDB_SET_RANGE);
+            while (true) {
+              if (!found.ok()) return found.status();
+              if (!*found) {
+                done = true;
+                return Status::Ok();
+              }
+              const BucketKey key = decode_bucket_key(lmdb::bytes(k));
+              const int64_t cut = key.width_index < cutoff.size() ? cutoff[key.width_index]
+                                                                  : std::numeric_limits<int64_t>::min();
+              if (key.bucket_start_ns < cut) {
+                if (deleted == max_deletes_per_txn) {
+                  next = key;  // resume here in the next transaction
+                  return Status::Ok();
+                }
+                const int rc = mdb_cursor_del(cursor->get(), 0);
+                if (rc != 0) return txn.error(rc, "mdb_cursor_del");
+                ++deleted;
+                // Re-seek from the deleted key (k pointed into the page just changed; after
+                // the last entry goes, the cursor is no longer positioned at all).
+                encode_bucket_key(key, kb);
+                k = MDB_val{kBucketKeyBytes, kb};
+                found = cursor->seek(&k, &val, MDB_SET_RANGE);
+                continue;
+              }
+              // The rest of this (row, width) is young enough: skip to the next width.
+              BucketKey skip = key;
+              if (skip.width_index == std::numeric_limits<uint8_t>::max()) {
+                if (skip.row_id == std::numeric_limits<uint64_t>::max()) {
+                  done = true;
+                  return Status::Ok();
+                }
+                ++skip.row_id;
+                skip.width_index = 0;
+              } else {
+                ++skip.width_index;
+              }
+              skip.bucket_start_ns = std::numeric_limits<int64_t>::min();
+              encode_bucket_key(skip, kb);
+              k = MDB_val{kBucketKeyBytes, kb};
+              found = cursor->seek(&k, &val, MDB_SET_RANGE);
+            }
+          },
+          false);
+      if (!s.ok()) return s;
+      resume = next;
+      total += deleted;
+      counters_.buckets_expired.fetch_add(deleted, std::memory_order_relaxed);
+    }
+  }
+  return total;
+}
+
+}  // namespace runnel::storage

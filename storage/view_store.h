@@ -1,0 +1,419 @@
+// The batch views in LMDB (DATA_DIR/views): ViewStore, the daemon's single writer (compaction
+// steps, view versions, bucket retention), and ViewReader / ViewSnapshot, the read-only side
+// that clients open from other processes to merge batch ⊕ live.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <compare>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model/aggregate.h"
+#include "model/status.h"
+#include "model/view.h"
+#include "storage/lmdb_env.h"
+
+namespace runnel::storage {
+
+// ---------------------------------------------------------------------------------------------
+// Files and permissions
+//
+// DATA_DIR/views/ is one LMDB environment (a directory, not MDB_NOSUBDIR):
+//   data.mdb  the B-trees. Mode 0640: the daemon writes it, group `runnel` reads it.
+//   lock.mdb  LMDB's reader table and writer mutex. Mode 0660: a read-only client WRITES here,
+//             because every LMDB reader registers the transaction id it reads in a slot of this
+//             table, so that the writer never reuses pages a reader may still see (MVCC).
+// A client therefore needs read access to data.mdb and read-write access to lock.mdb (group
+// `runnel`), and never writes data.mdb (it maps it PROT_READ). The alternative, MDB_NOLOCK
+// readers, is rejected: a reader without a slot is invisible to the writer, which can then
+// recycle the pages under it and the reader returns garbage. (LMDB opens without locks only on
+// a read-only file system, where no writer can run anyway.) A reader in a long transaction does
+// not stall the daemon (LMDB writers never wait for readers) but keeps the pages of its
+// snapshot from reuse, so the file grows until it ends; the writer clears the slots of dead
+// reader processes (mdb_reader_check) at every step.
+// LMDB's locks are per process: a process opens the environment once. The daemon reads through
+// ViewStore::snapshot(), never through a second ViewReader.
+//
+// Named databases (MDB_dbi):
+//   "meta"                 store record, batch watermark, view and version records (below)
+//   "series"               row id -> row key bytes
+//   "d/<view>/<version>"   one per view version: bucket key -> aggregate state
+//
+// Data key (17 bytes), so that one cursor range over (row, width) walks buckets in time order:
+//   off  size  field
+//   0    8     row_id           big-endian u64 (model/view_router.h make_row_id)
+//   8    1     width_index      index into the version's ViewDef::widths_ns
+//   9    8     bucket_start_ns  big-endian u64 of (i64 bucket start XOR 0x8000000000000000),
+//                               so that signed order is byte order (pre-1970 buckets sort first)
+// Data value: the aggregate state blob, AggregateLayout::state_bytes() of the version's
+// definition (model/aggregate.h).
+//
+// Series key: row_id as 8 bytes big-endian. Value: the row key bytes of
+// model/view_router.h (group key block + u16 field_len + field), the same bytes the live series
+// dictionary holds, so rows stay nameable after the daemon (and its dictionary) restarted.
+//
+// Meta records (little-endian, no alignment assumed):
+//   key "store"
+//     0   8  magic "RNLVIEWS"
+//     8   4  u32 layout version (kViewStoreLayoutVersion)
+//     12  4  reserved, 0
+//     16  8  u64 next_version: version numbers are unique in the store, never reused
+//   key "watermark" (the batch watermark)
+//     0   8  u64 log_offset          every log record below this offset is in every current
+//                                    version; the next step starts reading here
+//     8   8  u64 records             log records absorbed in total
+//     16  8  u64 last_record_offset  the last absorbed record (valid when records > 0)
+//     24  8  u64 ring_epoch          ... its ring epoch and position as the journal logged
+//     32  8  u64 ring_pos                them, for the speed layer's absorption test
+//     40  8  i64 commit_ns           CLOCK_REALTIME of the step's commit
+//   key "view/<name>" (the view and its current version's definition)
+//     0   8  u64 current_version     0 while the view's first version is still being built
+//     8   8  u64 building_version    0 when no rebuild is in progress
+//     16  8  u64 definition_hash     of the current version (ViewDef::definition_hash)
+//     24  8  u64 state_format_id     AggregateLayout::state_format_id of the current version
+//     32  4  u32 state_bytes
+//     36  4  u32 canonical_len
+//     40  n  ViewDef::canonical() of the current version
+//   key "version/<name>/<version as 20 decimal digits>"
+//     0   8  u64 covered_offset      log records below it are in this version (a current
+//                                    version: equal to the watermark)
+//     8   8  u64 definition_hash
+//     16  8  u64 state_format_id
+//     24  4  u32 state_bytes
+//     28  4  u32 state               1 building, 2 current, 3 retired (its database is dropped
+//                                    once no snapshot of this process uses it)
+//     32  8  i64 created_ns
+//     40  4  u32 canonical_len
+//     44  4  reserved, 0
+//     48  n  ViewDef::canonical()
+//
+// One watermark for all views. A compaction step merges partial states into every current
+// version and advances the watermark (and the current versions' covered_offset) in the same
+// transaction, so a reader sees data and watermark change together. A rebuild fills a
+// building version from the oldest retained record, advancing only that version's
+// covered_offset, until it equals the watermark; then one transaction makes it current and
+// retires the old one. The compactor runs steps and rebuild steps in one thread, so the
+// watermark cannot move between the rebuild's last step and the switch.
+// ---------------------------------------------------------------------------------------------
+
+inline constexpr char kViewStoreMagic[8] = {'R', 'N', 'L', 'V', 'I', 'E', 'W', 'S'};
+inline constexpr uint32_t kViewStoreLayoutVersion = 1;
+inline constexpr size_t kBucketKeyBytes = 17;
+inline constexpr size_t kSeriesKeyBytes = 8;
+inline constexpr uint64_t kBucketSignBit = uint64_t{1} << 63;
+
+// One bucket of one row: the data key above, decoded.
+struct BucketKey {
+  uint64_t row_id = 0;
+  uint8_t width_index = 0;
+  int64_t bucket_start_ns = 0;
+  friend auto operator<=>(const BucketKey&, const BucketKey&) = default;
+};
+void encode_bucket_key(const BucketKey& key, std::byte (&out)[kBucketKeyBytes]);
+// REQUIRES: bytes.size() == kBucketKeyBytes.
+BucketKey decode_bucket_key(std::span<const std::byte> bytes);
+
+// Where the batch layer stands in the log (the "watermark" record).
+struct Watermark {
+  uint64_t log_offset = 0;
+  uint64_t records = 0;
+  uint64_t last_record_offset = 0;
+  uint64_t ring_epoch = 0;
+  uint64_t ring_pos = 0;
+  int64_t commit_ns = 0;
+};
+
+enum class VersionState : uint32_t { kBuilding = 1, kCurrent = 2, kRetired = 3 };
+
+// A view as one snapshot sees it: its current version, whose states the snapshot serves.
+struct ViewInfo {
+  std::string name;
+  uint64_t current_version = 0;   // 0: no batch data yet (the first build is in progress)
+  uint64_t building_version = 0;  // 0: no rebuild in progress
+  std::string definition;         // ViewDef::canonical() of the current version
+  uint64_t definition_hash = 0;
+  uint64_t state_format_id = 0;
+  uint32_t state_bytes = 0;
+  uint64_t covered_offset = 0;  // the watermark when current_version != 0
+};
+
+namespace view_store_internal {
+struct Shared;
+}
+
+// One consistent read of the batch views: a read-only LMDB transaction, so the watermark, the
+// current versions and every state it returns belong to one committed step, whatever the
+// writer commits or switches meanwhile. Spans point into the read-only map and stay valid
+// until the snapshot is destroyed. Move-only; one thread at a time (it may move between
+// threads). While it lives, the writer cannot reuse its pages: keep snapshots short.
+class ViewSnapshot {
+ public:
+  // fn(bucket_start_ns, state) per bucket; return false to stop.
+  using BucketFn = std::function<bool(int64_t, std::span<const std::byte>)>;
+
+  ViewSnapshot(ViewSnapshot&& other) noexcept;
+  ViewSnapshot& operator=(ViewSnapshot&& other) noexcept;
+  ~ViewSnapshot();
+
+  const Watermark& watermark() const { return watermark_; }
+  const std::vector<ViewInfo>& views() const { return views_; }
+  const ViewInfo* find_view(std::string_view name) const;
+
+  // The state of one bucket, or nullopt. `view` is one of views().
+  Result<std::optional<std::span<const std::byte>>> get(const ViewInfo& view,
+                                                        const BucketKey& key) const;
+  // Buckets of one row and width whose start lies in [from_ns, to_ns), in time order.
+  Status scan(const ViewInfo& view, uint64_t row_id, uint8_t width_index, int64_t from_ns,
+              int64_t to_ns, const BucketFn& fn) const;
+  // Row ids with at least one bucket in the view, ascending; fn returns false to stop.
+  Status for_each_row(const ViewInfo& view, const std::function<bool(uint64_t)>& fn) const;
+  // Every named row of the store (all views): fn(row_id, row key bytes); false stops.
+  Status for_each_series(
+      const std::function<bool(uint64_t, std::span<const std::byte>)>& fn) const;
+  Result<std::optional<std::span<const std::byte>>> row_key(uint64_t row_id) const;
+
+ private:
+  friend struct view_store_internal::Shared;
+  ViewSnapshot() = default;
+  Result<size_t> index_of(const ViewInfo& view) const;
+  void release();
+
+  std::shared_ptr<view_store_internal::Shared> shared_;
+  lmdb::Txn txn_;
+  Watermark watermark_;
+  std::vector<ViewInfo> views_;
+  std::vector<std::string> dbi_names_;  // parallel to views_; empty without a current version
+  std::vector<unsigned> dbis_;          // parallel to views_ (MDB_dbi)
+};
+
+struct ViewReaderOptions {
+  // Address space reserved for the read-only map (not memory): the writer's file may grow to
+  // this size without readers having to re-map. Larger files are adopted when no snapshot
+  // of this reader is open (else snapshot() returns Busy once).
+  uint64_t map_bytes = uint64_t{64} << 30;
+  unsigned max_dbs = 256;
+};
+
+// The read-only side, for clients in other processes. Thread-safe: any thread may take
+// snapshots concurrently. NotFound when the daemon has not created the views yet; an IoError
+// naming lock.mdb when the process may not write the lock file (see "Files and permissions").
+class ViewReader {
+ public:
+  static Result<std::unique_ptr<ViewReader>> open(const std::filesystem::path& dir,
+                                                  const ViewReaderOptions& options = {});
+  ~ViewReader();
+  ViewReader(const ViewReader&) = delete;
+  ViewReader& operator=(const ViewReader&) = delete;
+
+  Result<ViewSnapshot> snapshot() const;
+
+ private:
+  explicit ViewReader(std::shared_ptr<view_store_internal::Shared> shared);
+  std::shared_ptr<view_store_internal::Shared> shared_;
+};
+
+// ----- writer side -----
+
+struct ViewStoreOptions {
+  std::filesystem::path dir;  // DATA_DIR/views; created (0750) if missing
+  uint64_t initial_map_bytes = uint64_t{64} << 20;
+  // The map grows (doubling) up to this; a step that does not fit then fails with Full and
+  // the message names the setting. Config: views.max_map_bytes.
+  uint64_t max_map_bytes = uint64_t{64} << 30;
+  bool sync = true;         // fdatasync every commit; false (MDB_NOSYNC) only for tests/benches
+  bool write_map = false;   // experimental: MDB_WRITEMAP
+  mode_t data_mode = 0640;  // data.mdb
+  mode_t lock_mode = 0660;  // lock.mdb: readers write their reader slot here
+  unsigned max_readers = 126;
+  unsigned max_dbs = 256;  // meta + series + 2 per view (current and building) + retired
+};
+
+// Counters of a ViewStore, readable from any thread (relaxed loads).
+struct ViewStoreCounters {
+  std::atomic<uint64_t> steps{0};             // compaction and rebuild steps committed
+  std::atomic<uint64_t> states_written{0};    // bucket states put (new or merged)
+  std::atomic<uint64_t> states_merged{0};     // ... of which merged into an existing state
+  std::atomic<uint64_t> map_grows{0};         // times the map was enlarged
+  std::atomic<uint64_t> map_full_errors{0};   // steps refused at max_map_bytes
+  std::atomic<uint64_t> txn_full_errors{0};   // steps too large for one LMDB transaction
+  std::atomic<uint64_t> stale_readers_cleared{0};
+  std::atomic<uint64_t> buckets_expired{0};   // deleted by bucket retention
+  std::atomic<uint64_t> versions_dropped{0};
+};
+
+// One version of one view, as the writer knows it.
+struct VersionMeta {
+  std::string view;
+  uint64_t version = 0;
+  VersionState state = VersionState::kBuilding;
+  ViewDef def;  // parsed from the stored canonical text
+  std::string canonical;
+  uint64_t definition_hash = 0;
+  uint64_t state_format_id = 0;
+  uint32_t state_bytes = 0;
+  uint64_t covered_offset = 0;
+  int64_t created_ns = 0;
+  std::shared_ptr<const AggregateLayout> layout;  // of def
+};
+
+struct ViewMeta {
+  std::string name;
+  uint64_t current_version = 0;
+  uint64_t building_version = 0;
+};
+
+// Everything in "meta", as committed.
+struct StoreState {
+  Watermark watermark;
+  std::vector<ViewMeta> views;                 // by name
+  std::map<uint64_t, VersionMeta> versions;    // by version number
+  const ViewMeta* find_view(std::string_view name) const;
+  const VersionMeta* find_version(uint64_t version) const;
+};
+
+// ----- one compaction step -----
+
+// A partial state for one bucket: merged (AggregateLayout::merge) into the stored state.
+struct PartialState {
+  BucketKey key;
+  std::span<const std::byte> state;
+};
+// The partial states of one version, sorted by key, each key once.
+struct StepTarget {
+  uint64_t version = 0;
+  std::span<const PartialState> states;
+};
+struct SeriesName {
+  uint64_t row_id = 0;
+  std::span<const std::byte> key;
+};
+// The log position a step's coverage advances to.
+struct LogPosition {
+  uint64_t end_offset = 0;          // just past the last record of the step
+  uint64_t last_record_offset = 0;  // the last record of the step
+  uint64_t ring_epoch = 0;
+  uint64_t ring_pos = 0;
+};
+struct StepWrite {
+  // 0: a compaction step, whose targets are current versions; it advances the watermark and
+  // every current version. Else a rebuild step of this building version, which is its only
+  // target and the only coverage it advances.
+  uint64_t rebuild_version = 0;
+  uint64_t from_offset = 0;  // must equal the coverage it advances: no record counted twice
+  LogPosition to;
+  uint64_t records = 0;  // log records in [from_offset, to.end_offset)
+  std::vector<StepTarget> targets;
+  std::span<const SeriesName> series;  // rows to name (existing names are kept)
+};
+
+enum class CommitError {
+  kNone,
+  kMapFull,  // the map is at max_map_bytes
+  kTxnFull,  // too many dirty pages for one LMDB transaction: split the step
+  kStale,    // from_offset is not the stored coverage (another writer, or a bug)
+  kOther,
+};
+
+// Whether two definitions give the same batch states: they differ at most in live_window and
+// capacity, which only the speed layer uses (so a change there needs no rebuild).
+bool same_batch_states(const ViewDef& a, const ViewDef& b);
+
+// Bucket retention per width: a bucket is deleted once its start is older than keep_ns before
+// "now". The first rule whose max_width_ns >= the bucket width applies; wider buckets and
+// keep_ns == 0 are kept forever.
+struct BucketRetention {
+  struct Rule {
+    int64_t max_width_ns = 0;
+    int64_t keep_ns = 0;
+  };
+  std::vector<Rule> rules = {{1'000'000'000, 86'400'000'000'000},                // 1s: a day
+                             {60'000'000'000, 31 * 86'400'000'000'000}};        // 1m: a month
+  int64_t keep_ns(int64_t width_ns) const;  // 0: forever
+};
+
+// The daemon's writer of DATA_DIR/views. One per data directory (LMDB's writer mutex, and the
+// daemon's own lock); every method REQUIRES external synchronization (one compaction thread),
+// except counters() and snapshot(), which any thread may call.
+class ViewStore {
+ public:
+  // Creates the environment on first use (files with the options' modes). Errors name the
+  // directory and LMDB's reason, e.g. a read-only directory or a layout this build does not
+  // read (Unsupported).
+  static Result<std::unique_ptr<ViewStore>> open(const ViewStoreOptions& options);
+  ~ViewStore();
+  ViewStore(const ViewStore&) = delete;
+  ViewStore& operator=(const ViewStore&) = delete;
+
+  const StoreState& state() const { return state_; }
+  const Watermark& watermark() const { return state_.watermark; }
+  // The lowest log offset a view still needs: the watermark, or the coverage of a version
+  // being built if lower. Log segments that end at or below it may be deleted.
+  uint64_t retention_offset() const;
+
+  // One transaction: merges the step's partial states into their versions, names new rows and
+  // advances the coverage. On MDB_MAP_FULL the map grows (doubling, up to max_map_bytes) and
+  // the step is retried; beyond that Full, naming views.max_map_bytes. Nothing is written on
+  // any error, so the step can be redone from the log. `why` (optional) classifies an error.
+  Status commit_step(const StepWrite& step, CommitError* why = nullptr);
+
+  // A new version of def.name to be built from the log, starting at `start_offset` (the oldest
+  // retained record); the view is created if new. An earlier building version is retired.
+  Result<uint64_t> begin_version(const ViewDef& def, uint64_t start_offset);
+  // Makes the building version of `view` current and retires the old current one, in one
+  // transaction. REQUIRES: its covered_offset equals the watermark (else Invalid).
+  Status switch_version(std::string_view view);
+  // Rewrites the current version's definition text when only settings the batch states do not
+  // depend on (live_window, capacity) changed. Invalid if the states would differ.
+  Status update_definition(const ViewDef& def);
+  // Retires the version of `view` being built (its rebuild is abandoned).
+  Status cancel_build(std::string_view view);
+  // Retires every version of `view` and removes it from the views readers list.
+  Status remove_view(std::string_view view);
+  // Drops the databases of retired versions that no snapshot of this process uses; returns
+  // how many. Readers in other processes keep reading their snapshot (LMDB MVCC).
+  Result<size_t> drop_retired();
+
+  // Deletes buckets older than the retention of their width in every current and building
+  // version, at most max_deletes_per_txn per transaction. Returns the buckets deleted.
+  Result<uint64_t> apply_retention(const BucketRetention& retention, int64_t now_ns,
+                                   uint64_t max_deletes_per_txn = 10'000);
+
+  // A consistent read in this process (the daemon's; tests). While one is open the map
+  // cannot grow (LMDB re-maps only with no transaction open in the process): a step that needs
+  // more room then fails with Busy, and is redone by the next compaction. Keep them short.
+  Result<ViewSnapshot> snapshot() const;
+
+  const ViewStoreCounters& counters() const { return counters_; }
+  uint64_t map_bytes() const;
+  const std::filesystem::path& dir() const { return options_.dir; }
+
+ private:
+  explicit ViewStore(const ViewStoreOptions& options);
+  Status load_state();
+  // Runs fn in a write transaction and commits; on MDB_MAP_FULL grows the map and retries.
+  // `opens_dbis`: fn opens or drops databases (holds the handle lock for the whole txn).
+  Status write(const std::function<Status(lmdb::Txn&)>& fn, bool opens_dbis,
+               CommitError* why = nullptr);
+  Status grow_map(CommitError* why);
+  Status apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError* why);
+  Result<MDB_dbi> data_dbi(std::string_view view, uint64_t version) const;
+
+  ViewStoreOptions options_;
+  std::shared_ptr<view_store_internal::Shared> shared_;
+  StoreState state_;
+  ViewStoreCounters counters_;
+  std::vector<std::byte> merge_buf_;
+};
+
+}  // namespace runnel::storage
