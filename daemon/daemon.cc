@@ -16,6 +16,7 @@
 #include "daemon/speed_path.h"
 #include "ipc/ring.h"
 #include "ipc/stats.h"
+#include "model/generation.h"
 #include "storage/log_writer.h"
 
 namespace runnel {
@@ -74,14 +75,41 @@ Status Daemon::start() {
   stats_ = std::move(stats.value());
   ipc::StatsBlock& sb = stats_->block();
 
-  // 1. The ring: reuse a segment left by a crash (validated), else create it.
+  // 1. The log: cut a torn tail; the journal resumes exactly after what the log holds.
+  storage::LogOptions lo;
+  lo.dir = config_.data_dir / "log";
+  lo.segment_bytes = config_.segment_bytes;
+  lo.fsync = to_policy(config_.fsync);
+  lo.fsync_interval_ms = config_.fsync_interval_ms;
+  storage::RecoveryReport report;
+  journal_ = std::make_unique<Journal>(sb);
+  if (Status s = journal_->open(lo, &report); !s.ok()) return s;
+  if (report.cut) {
+    spdlog::warn("log recovery: cut {} bytes of {} at log offset {}: {}", report.cut->bytes,
+                 report.cut->segment.string(), report.cut->log_offset, report.cut->reason);
+    sb.add(ipc::Counter::kLogTruncatedBytes, report.cut->bytes);
+  }
+  spdlog::info("log {}: {} segment(s), end offset {}", lo.dir.string(), report.segments,
+               report.end_offset);
+
+  // 2. The ring: reuse a segment left by a crash (validated), else create it with the epoch after
+  // the log's last one, so that epochs (and generations, model/generation.h) increase along
+  // the log.
   ipc::RingOptions ro;
   ro.mode = config_.ring_mode;
   if (gid >= 0) ro.gid = static_cast<gid_t>(gid);
+  const uint64_t last_epoch = journal_->last_logged_epoch();
+  ro.epoch = last_epoch + 1;
   const std::string ring_name = config_.shm_name + ".ring";
   auto ring = ipc::Ring::open_or_create(ring_name, config_.ring_capacity_bytes, ro);
   if (!ring.ok()) return ring.status();
   ring_ = std::make_unique<ipc::Ring>(std::move(ring.value()));
+  if (ring_->epoch() < last_epoch || ring_->epoch() > kMaxGenerationEpoch) {
+    return Status::Invalid(fmt::format(
+        "ring {} has epoch {:#x}, which cannot follow the log's last epoch {:#x} (a ring of another "
+        "data directory or of an older runneld); stop whatever uses it and remove /dev/shm/{}",
+        ring_name, ring_->epoch(), last_epoch, ring_name));
+  }
   // No producer runs yet: drop what a producer that died mid-write left unfinished.
   auto recovered = ring_->recover();
   if (!recovered.ok()) return recovered.status();
@@ -96,29 +124,14 @@ Status Daemon::start() {
   }
   sb.set(ipc::Counter::kRingCapacity, config_.ring_capacity_bytes);
 
-  // 2. The log: cut a torn tail; the journal resumes exactly after what the log holds.
-  storage::LogOptions lo;
-  lo.dir = config_.data_dir / "log";
-  lo.segment_bytes = config_.segment_bytes;
-  lo.fsync = to_policy(config_.fsync);
-  lo.fsync_interval_ms = config_.fsync_interval_ms;
-  storage::RecoveryReport report;
-  journal_ = std::make_unique<Journal>(*ring_, sb);
-  if (Status s = journal_->open(lo, &report); !s.ok()) return s;
-  if (report.cut) {
-    spdlog::warn("log recovery: cut {} bytes of {} at log offset {}: {}", report.cut->bytes,
-                 report.cut->segment.string(), report.cut->log_offset, report.cut->reason);
-    sb.add(ipc::Counter::kLogTruncatedBytes, report.cut->bytes);
-  }
-  spdlog::info("log {}: {} segment(s), end offset {}", lo.dir.string(), report.segments,
-               report.end_offset);
-  if (Status s = journal_->attach(); !s.ok()) return s;
+  if (Status s = journal_->attach(*ring_); !s.ok()) return s;
   journal_->start(config_.debug_journal_hold_ms);
 
   // 3. The speed path: new live tables, fed from the ring (also what an earlier run left).
   if (config_.speed_enabled) {
     speed_ = std::make_unique<SpeedPath>(config_, *ring_, sb);
     if (Status s = speed_->open(); !s.ok()) return s;
+    if (Status s = speed_->attach(); !s.ok()) return s;
     speed_->start();
   } else {
     // A speed consumer left active by an earlier run must not gate producers forever.

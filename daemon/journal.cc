@@ -18,7 +18,7 @@ constexpr auto kLinger = std::chrono::microseconds(200);
 
 }  // namespace
 
-Journal::Journal(ipc::Ring& ring, ipc::StatsBlock& stats) : ring_(ring), stats_(stats) {}
+Journal::Journal(ipc::StatsBlock& stats) : stats_(stats) {}
 
 Journal::~Journal() {
   stop_.store(true);
@@ -33,26 +33,42 @@ Status Journal::open(const storage::LogOptions& options, storage::RecoveryReport
   return Status::Ok();
 }
 
-Status Journal::attach() {
-  auto c = ring_.attach_consumer(kConsumerId, ipc::Ring::StartAt::kResume);
+uint64_t Journal::last_logged_epoch() const {
+  const auto& last = writer_->last_record_at_open();
+  return last ? last->ring_epoch : 0;
+}
+
+bool Journal::wait_recovered(std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (position_.load(std::memory_order_acquire) < recovered_end_) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+Status Journal::attach(ipc::Ring& ring) {
+  ring_ = &ring;
+  auto c = ring_->attach_consumer(kConsumerId, ipc::Ring::StartAt::kResume);
   if (!c.ok()) return c.status();
   consumer_.emplace(std::move(c.value()));
   const auto& last = writer_->last_record_at_open();
-  if (last && last->ring_epoch == ring_.epoch()) {
+  if (last && last->ring_epoch == ring_->epoch()) {
     logged_up_to_ = last->ring_pos;
     // The daemon died between the log write and the ring release: start after the last
     // logged record (no producer runs yet, so the position may be moved).
     const uint64_t after = last->ring_pos + ipc::record_span(last->payload_len);
-    if (after > consumer_->position() && after <= ring_.claim_position()) {
+    if (after > consumer_->position() && after <= ring_->claim_position()) {
       consumer_->detach();
-      if (Status s = ring_.set_consumer_position(kConsumerId, after); !s.ok()) return s;
-      auto again = ring_.attach_consumer(kConsumerId, ipc::Ring::StartAt::kResume);
+      if (Status s = ring_->set_consumer_position(kConsumerId, after); !s.ok()) return s;
+      auto again = ring_->attach_consumer(kConsumerId, ipc::Ring::StartAt::kResume);
       if (!again.ok()) return again.status();
       consumer_.emplace(std::move(again.value()));
       spdlog::info("journal: ring records up to position {} were already in the log", after);
     }
   }
-  recovered_end_ = ring_.claim_position();
+  recovered_end_ = ring_->claim_position();
+  position_.store(consumer_->position(), std::memory_order_release);
   if (recovered_end_ > consumer_->position()) {
     spdlog::info("journal: {} bytes of ring records from an earlier run go to the log first",
                  recovered_end_ - consumer_->position());
@@ -77,7 +93,7 @@ void Journal::publish_stats() {
     stats_.set(ipc::Counter::kLogWrittenOffset, writer_->written_offset());
     stats_.set(ipc::Counter::kLogDurableOffset, writer_->durable_offset());
   }
-  stats_.set(ipc::Counter::kRingClaimPos, ring_.claim_position());
+  stats_.set(ipc::Counter::kRingClaimPos, ring_->claim_position());
   stats_.set(ipc::Counter::kRingJournalPos, consumer_->position());
 }
 
@@ -93,12 +109,12 @@ Status Journal::reopen() {
     stats_.add(ipc::Counter::kLogTruncatedBytes, report.cut->bytes);
   }
   const auto& last = writer_->last_record_at_open();
-  if (last && last->ring_epoch == ring_.epoch()) logged_up_to_ = last->ring_pos;
+  if (last && last->ring_epoch == ring_->epoch()) logged_up_to_ = last->ring_pos;
   return Status::Ok();
 }
 
 bool Journal::write_batch(size_t* records_out) {
-  const uint64_t epoch = ring_.epoch();
+  const uint64_t epoch = ring_->epoch();
   uint64_t bytes = 0, records = 0, recovered = 0;
   Status append_status;
   const auto batch = consumer_->peek(
@@ -137,6 +153,7 @@ bool Journal::write_batch(size_t* records_out) {
     return false;
   }
   consumer_->advance(batch.end_position);
+  position_.store(batch.end_position, std::memory_order_release);
   *records_out = batch.records;
   logged_up_to_.reset();  // every later position is new
   stats_.add(ipc::Counter::kLogRecords, records);
@@ -174,7 +191,7 @@ void Journal::run() {
       stats_.add(ipc::Counter::kLogErrors, 1);
       spdlog::error("journal: {}", s.ToString());
     }
-    if (stop_.load(std::memory_order_acquire) && consumer_->position() >= ring_.claim_position()) break;
+    if (stop_.load(std::memory_order_acquire) && consumer_->position() >= ring_->claim_position()) break;
     consumer_->wait(std::chrono::milliseconds(50));
   }
   final_status_ = writer_->close();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -25,15 +26,21 @@ class Journal {
  public:
   static constexpr uint32_t kConsumerId = ipc::kJournalConsumer;
 
-  Journal(ipc::Ring& ring, ipc::StatsBlock& stats);
+  explicit Journal(ipc::StatsBlock& stats);
   ~Journal();
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
 
   // Opens (and recovers) the log.
   Status open(const storage::LogOptions& options, storage::RecoveryReport* report);
-  // Attaches to the ring after what the log already holds.
-  Status attach();
+  // The ring epoch of the last record in the log at open (0: an empty log): a new ring gets a
+  // higher one.
+  uint64_t last_logged_epoch() const;
+  // Attaches to the ring after what the log already holds. `ring` must outlive the journal.
+  Status attach(ipc::Ring& ring);
+  // Waits until the records an earlier run left in the ring are in the log (the thread must
+  // be running); false if the timeout passed first.
+  bool wait_recovered(std::chrono::milliseconds timeout) const;
   // `hold_ms` > 0 delays consumption (a testing aid; stop_and_drain() ends the hold).
   void start(uint32_t hold_ms = 0);
   // Waits until every record placed in the ring so far is in the log, syncs and closes it.
@@ -49,7 +56,8 @@ class Journal {
   Status reopen();
   void publish_stats();
 
-  ipc::Ring& ring_;
+  ipc::Ring* ring_ = nullptr;
+  std::atomic<uint64_t> position_{0};  // the consumer's position, for other threads
   ipc::StatsBlock& stats_;
   storage::LogOptions options_;
   std::unique_ptr<storage::LogWriter> writer_;

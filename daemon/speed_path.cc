@@ -7,8 +7,10 @@
 #include <oneapi/tbb/task_arena.h>
 #include <spdlog/spdlog.h>
 
+#include "model/generation.h"
 #include "model/record.h"
 #include "model/view_router.h"
+#include "storage/log_reader.h"
 
 namespace runnel {
 namespace {
@@ -50,6 +52,7 @@ struct SpeedPath::Worker {
   int64_t max_ts = INT64_MIN;
   int64_t last_evict_ns = 0;
   int64_t last_pressure_evict_ns = 0;
+  uint64_t evicted_generation = 0;  // absorbed generations evicted from this shard
   std::vector<bool> view_changed;
   // One routed row update of the current batch; reserved once, reused for every batch.
   struct Pending {
@@ -58,6 +61,7 @@ struct SpeedPath::Worker {
     double value;
     uint64_t distinct_hash;
     uint64_t pos;
+    uint64_t generation;
     uint32_t view;
     bool has_distinct;
   };
@@ -73,7 +77,7 @@ SpeedPath::~SpeedPath() {
   if (thread_.joinable()) thread_.join();
 }
 
-Status SpeedPath::open() {
+Status SpeedPath::open(std::string_view batch_dir) {
   const uint32_t shards = config_.speed_workers;
   std::vector<ipc::LiveViewSpec> specs;
   for (uint32_t v = 0; v < config_.views.size(); ++v) {
@@ -96,7 +100,7 @@ Status SpeedPath::open() {
   }
   ipc::ShmOptions shm;
   shm.mode = config_.ring_mode;
-  auto live = ipc::LiveTables::create(config_.shm_name, specs, shm);
+  auto live = ipc::LiveTables::create(config_.shm_name, specs, shm, batch_dir);
   if (!live.ok()) return live.status();
   live_.emplace(std::move(live.value()));
   ipc::SeriesDictionaryOptions so;
@@ -119,13 +123,67 @@ Status SpeedPath::open() {
     for (const auto& def : config_.views) w->window_ns.push_back(def.live_window_ns);
     workers_.push_back(std::move(w));
   }
-  // The live tables are new: records of an earlier run that are still in the ring are folded
-  // in (from the slot's persisted position); older ones are the batch layer's.
+  batch_.reserve(config_.speed_batch_records);
+  return Status::Ok();
+}
+
+Status SpeedPath::replay(const std::filesystem::path& log_dir, uint64_t from_offset) {
+  auto reader = storage::LogReader::open(log_dir);
+  if (!reader.ok()) {
+    return reader.status().code() == Status::Code::kNotFound ? Status::Ok() : reader.status();
+  }
+  if (Status s = reader->seek(from_offset); !s.ok()) {
+    return Status::Corruption("speed path replay from log offset " + std::to_string(from_offset) +
+                              " (the batch watermark): " + s.message());
+  }
+  // Records are copied out of the reader (its buffer moves on) into one arena per batch.
+  std::vector<std::byte> arena;
+  std::vector<size_t> offsets;
+  tbb::task_arena tasks(static_cast<int>(config_.speed_workers));
+  uint64_t records = 0;
+  for (bool more = true; more;) {
+    arena.clear();
+    offsets.clear();
+    batch_.clear();
+    storage::Record rec;
+    while (batch_.size() < config_.speed_batch_records) {
+      auto got = reader->next(&rec);
+      if (!got.ok()) return got.status();
+      if (!*got) {
+        more = false;
+        break;
+      }
+      offsets.push_back(arena.size());
+      arena.insert(arena.end(), rec.payload.begin(), rec.payload.end());
+      batch_.push_back({rec.ring_pos, generation_of(rec.ring_epoch, rec.ring_pos), nullptr,
+                        static_cast<uint32_t>(rec.payload.size())});
+    }
+    for (size_t i = 0; i < batch_.size(); ++i) batch_[i].data = arena.data() + offsets[i];
+    if (!batch_.empty()) fold_batch(tasks);
+    records += batch_.size();
+  }
+  spdlog::info("speed path: replayed {} log records from offset {} (beyond the batch views) into the live tables",
+               records, from_offset);
+  return Status::Ok();
+}
+
+Status SpeedPath::attach(std::optional<uint64_t> position) {
+  if (position) {
+    if (Status s = ring_.set_consumer_position(ipc::kSpeedPathConsumer, *position); !s.ok()) return s;
+  }
+  // Without a position: records of an earlier run that are still in the ring are folded in
+  // from the slot's persisted position; older ones are the batch layer's.
   auto c = ring_.attach_consumer(ipc::kSpeedPathConsumer, ipc::Ring::StartAt::kResume);
   if (!c.ok()) return c.status();
   consumer_.emplace(std::move(c.value()));
-  batch_.reserve(config_.speed_batch_records);
   return Status::Ok();
+}
+
+void SpeedPath::absorbed(uint64_t generation) {
+  absorbing_.store(true, std::memory_order_relaxed);
+  uint64_t cur = absorbed_generation_.load(std::memory_order_relaxed);
+  while (generation > cur && !absorbed_generation_.compare_exchange_weak(cur, generation, std::memory_order_relaxed)) {
+  }
 }
 
 void SpeedPath::start() {
@@ -160,7 +218,8 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
             series_->insert(u.row_id, w.router.row_key(rec, u.view, u.field));
             known = u.row_id;
           }
-          w.pending.push_back({u.row_id, ts, u.value, u.distinct_hash, ref.pos, u.view, u.has_distinct});
+          w.pending.push_back({u.row_id, ts, u.value, u.distinct_hash, ref.pos, ref.generation, u.view,
+                               u.has_distinct});
         });
   }
   // Pass 2: fold them in. The table is far larger than the caches, so each update's entries
@@ -168,7 +227,9 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
   constexpr size_t kPrefetchAhead = 8;
   auto keys_of = [&](const Worker::Pending& p, ipc::EntryKey* keys) {
     const auto& widths = config_.views[p.view].widths_ns;
-    for (uint32_t wi = 0; wi < widths.size(); ++wi) keys[wi] = {p.row_id, wi, bucket_start(p.ts_ns, widths[wi])};
+    for (uint32_t wi = 0; wi < widths.size(); ++wi) {
+      keys[wi] = {p.row_id, wi, bucket_start(p.ts_ns, widths[wi]), p.generation};
+    }
     return static_cast<uint32_t>(widths.size());
   };
   ipc::EntryKey keys[ViewDef::kMaxWidths];
@@ -210,8 +271,18 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
 }
 
 void SpeedPath::evict(Worker& w) {
+  // Absorbed generations leave first: the batch views hold them (announced by the consumer
+  // thread before this pass, see run()).
+  const uint64_t absorbed = evicted_generation_;
+  if (absorbed > w.evicted_generation) {
+    for (auto& writer : w.writers) {
+      writer.evict_if([&](const ipc::EntryMeta& m) { return m.key.generation <= absorbed; });
+    }
+    w.evicted_generation = absorbed;
+  }
   const int64_t watermark = batch_watermark_ns_;
   if (watermark == INT64_MIN) return;
+  const bool absorbing = absorbing_.load(std::memory_order_relaxed);
   const int64_t now = realtime_ns();
   const bool periodic = now - w.last_evict_ns >= kEvictEveryNs;
   if (now - w.last_pressure_evict_ns < kPressureEvictEveryNs && !periodic) return;
@@ -232,6 +303,8 @@ void SpeedPath::evict(Worker& w) {
       window = std::max(window / 2, def.widths_ns.front());
     } else if (periodic) {
       window = std::min(window * 2, def.live_window_ns);
+      // With a batch layer, entries leave once absorbed (above); by age only under pressure.
+      if (absorbing) continue;
     } else {
       continue;
     }
@@ -249,12 +322,12 @@ void SpeedPath::evict(Worker& w) {
 
 void SpeedPath::run() {
   tbb::task_arena arena(static_cast<int>(config_.speed_workers));
-  const uint32_t shards = config_.speed_workers;
+  const uint64_t epoch = ring_.epoch();
   while (true) {
     batch_.clear();
     const auto b = consumer_->peek(
         [&](uint64_t pos, std::span<const std::byte> payload) {
-          batch_.push_back({pos, payload.data(), static_cast<uint32_t>(payload.size())});
+          batch_.push_back({pos, generation_of(epoch, pos), payload.data(), static_cast<uint32_t>(payload.size())});
         },
         config_.speed_batch_records);
     if (b.corrupt) {
@@ -263,39 +336,53 @@ void SpeedPath::run() {
       return;
     }
     if (b.end_position != consumer_->position()) {
-      batch_watermark_ns_ = watermark_ns_.load(std::memory_order_relaxed);
-      if (!batch_.empty()) {
-        arena.execute([&] {
-          tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t s) { process(*workers_[s], s); });
-        });
-      }
+      if (!batch_.empty()) fold_batch(arena);
       consumer_->advance(b.end_position);
-      int64_t max_ts = INT64_MIN;
-      uint64_t late = 0, overflow = 0, forced = 0;
-      for (auto& w : workers_) {
-        max_ts = std::max(max_ts, w->max_ts);
-        late += w->events_late;
-        overflow += w->events_overflow;
-        forced += w->forced_evictions;
-        w->events_late = w->events_overflow = w->forced_evictions = 0;
-      }
-      const int64_t capped = std::min(max_ts, realtime_ns() + kFutureSkewNs);
-      if (capped > watermark_ns_.load(std::memory_order_relaxed)) {
-        watermark_ns_.store(capped, std::memory_order_relaxed);
-      }
-      stats_.add(ipc::Counter::kSpeedRecords, batch_.size());
-      stats_.add(ipc::Counter::kSpeedLate, late);
-      stats_.add(ipc::Counter::kSpeedOverflow, overflow);
-      stats_.add(ipc::Counter::kSpeedForcedEvictions, forced);
-      stats_.set(ipc::Counter::kSpeedWatermarkNs, static_cast<uint64_t>(watermark_ns_.load()));
       stats_.set(ipc::Counter::kRingSpeedPos, consumer_->position());
       continue;
+    }
+    if (absorbed_generation_.load(std::memory_order_relaxed) > evicted_generation_) {
+      batch_.clear();
+      fold_batch(arena);  // evicts what the batch layer absorbed meanwhile
     }
     live_->wake_waiters();
     if (stop_.load(std::memory_order_acquire) && consumer_->position() >= ring_.claim_position()) break;
     consumer_->wait(std::chrono::milliseconds(5));
   }
   live_->wake_waiters();
+}
+
+void SpeedPath::fold_batch(tbb::task_arena& arena) {
+  const uint32_t shards = config_.speed_workers;
+  // Clients that read the batch views below this generation retry once they see it (the
+  // announcement precedes every eviction it covers).
+  const uint64_t absorbed = absorbed_generation_.load(std::memory_order_relaxed);
+  if (absorbed > evicted_generation_) {
+    live_->publish_evicted_generation(absorbed);
+    evicted_generation_ = absorbed;
+  }
+  batch_watermark_ns_ = watermark_ns_.load(std::memory_order_relaxed);
+  arena.execute([&] {
+    tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t s) { process(*workers_[s], s); });
+  });
+  int64_t max_ts = INT64_MIN;
+  uint64_t late = 0, overflow = 0, forced = 0;
+  for (auto& w : workers_) {
+    max_ts = std::max(max_ts, w->max_ts);
+    late += w->events_late;
+    overflow += w->events_overflow;
+    forced += w->forced_evictions;
+    w->events_late = w->events_overflow = w->forced_evictions = 0;
+  }
+  const int64_t capped = std::min(max_ts, realtime_ns() + kFutureSkewNs);
+  if (capped > watermark_ns_.load(std::memory_order_relaxed)) {
+    watermark_ns_.store(capped, std::memory_order_relaxed);
+  }
+  stats_.add(ipc::Counter::kSpeedRecords, batch_.size());
+  stats_.add(ipc::Counter::kSpeedLate, late);
+  stats_.add(ipc::Counter::kSpeedOverflow, overflow);
+  stats_.add(ipc::Counter::kSpeedForcedEvictions, forced);
+  stats_.set(ipc::Counter::kSpeedWatermarkNs, static_cast<uint64_t>(watermark_ns_.load()));
 }
 
 Status SpeedPath::stop_and_drain() {

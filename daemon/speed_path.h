@@ -4,9 +4,13 @@
 
 #include <atomic>
 #include <memory>
+#include <filesystem>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <vector>
+
+#include <oneapi/tbb/task_arena.h>
 
 #include "daemon/config.h"
 #include "ipc/live_table.h"
@@ -32,10 +36,24 @@ class SpeedPath {
   SpeedPath(const SpeedPath&) = delete;
   SpeedPath& operator=(const SpeedPath&) = delete;
 
-  // Creates the live tables and series dictionary (replacing those of an earlier run) and
-  // attaches to the ring.
-  Status open();
+  // Creates the live tables and series dictionary (replacing those of an earlier run);
+  // `batch_dir` (may be empty) is announced to clients.
+  Status open(std::string_view batch_dir = {});
+  // With a batch layer: folds the log records from `from_offset` (the batch watermark) to the
+  // end of the log into the new live tables, each under its own generation, so that the live
+  // tables again hold exactly what the batch views lack. REQUIRES: open(), before attach(),
+  // and the journal has logged everything an earlier run left in the ring.
+  Status replay(const std::filesystem::path& log_dir, uint64_t from_offset);
+  // Attaches to the ring: at `position` (the journal's position after a replay) or, without
+  // one, where the speed consumer of an earlier run stopped.
+  Status attach(std::optional<uint64_t> position = std::nullopt);
   void start();
+
+  // The batch layer absorbed every generation <= `generation` (model/generation.h): their live
+  // entries are evicted (after the announcement clients check). Once called, entries are
+  // evicted only when absorbed or, counted as forced, under memory pressure; until then (no
+  // batch layer) they leave by the live-window rule. Any thread.
+  void absorbed(uint64_t generation);
   // Folds in everything placed in the ring so far, then stops. REQUIRES: producers stopped.
   Status stop_and_drain();
 
@@ -47,11 +65,14 @@ class SpeedPath {
   struct Worker;
   struct RecordRef {
     uint64_t pos;
+    uint64_t generation;
     const std::byte* data;
     uint32_t size;
   };
 
   void run();
+  // Folds batch_ into the live tables (every shard in parallel) and publishes the counters.
+  void fold_batch(tbb::task_arena& arena);
   void process(Worker& w, uint32_t shard);
   void evict(Worker& w);
 
@@ -65,6 +86,9 @@ class SpeedPath {
   std::vector<std::unique_ptr<Worker>> workers_;  // one per shard
   std::vector<RecordRef> batch_;                  // reserved once: speed.batch_records
   std::atomic<int64_t> watermark_ns_{INT64_MIN};
+  std::atomic<uint64_t> absorbed_generation_{0};
+  std::atomic<bool> absorbing_{false};  // a batch layer takes over absorbed generations
+  uint64_t evicted_generation_ = 0;     // announced and evicted (consumer thread)
   int64_t batch_watermark_ns_ = INT64_MIN;  // frozen for the duration of one batch
   std::thread thread_;
   std::atomic<bool> stop_{false};

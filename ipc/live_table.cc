@@ -111,11 +111,12 @@ std::string_view view_name(const ViewDescriptor& d) {
 
 enum class SlotRead : uint8_t { kMatch, kEmpty, kOther, kBusy };
 
-// A consistent look at one slot. kMatch: occupied and (want == nullptr or its key is *want);
-// then *meta is filled and, if out_state is not null, the state copied into it. kEmpty: an empty
-// slot (ends a probe chain). kOther: a tombstone or another key.
+// A consistent look at one slot. kMatch: occupied and (want == nullptr or its key is *want, of
+// any generation with `any_generation`); then *meta is filled and, if out_state is not null, the
+// state copied into it. kEmpty: an empty slot (ends a probe chain). kOther: a tombstone or
+// another key.
 SlotRead read_slot(const LiveEntry* e, uint32_t state_bytes, const EntryKey* want,
-                   std::byte* out_state, EntryMeta* meta) {
+                   std::byte* out_state, EntryMeta* meta, bool any_generation = false) {
   for (uint32_t attempt = 0; attempt < kReadAttempts; ++attempt) {
     // Acquire: pairs with the release store of the even seq in end_write().
     const uint64_t s1 = e->seq.load(std::memory_order_acquire);
@@ -133,7 +134,11 @@ SlotRead read_slot(const LiveEntry* e, uint32_t state_bytes, const EntryKey* wan
       m.key.series_id = e->series_id.load(std::memory_order_relaxed);
       m.key.width_index = e->width_index.load(std::memory_order_relaxed);
       m.key.bucket_start_ns = e->bucket_start_ns.load(std::memory_order_relaxed);
-      if (want == nullptr || m.key == *want) {
+      m.key.generation = e->generation.load(std::memory_order_relaxed);
+      if (want == nullptr || m.key == *want ||
+          (any_generation && m.key.series_id == want->series_id &&
+           m.key.width_index == want->width_index &&
+           m.key.bucket_start_ns == want->bucket_start_ns)) {
         r = SlotRead::kMatch;
         m.first_pos = e->first_pos.load(std::memory_order_relaxed);
         m.last_pos = e->last_pos.load(std::memory_order_relaxed);
@@ -380,18 +385,26 @@ ScanResult LiveTablesView::read_range(uint32_t view, uint64_t series_id, uint32_
     starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
   }
   std::vector<std::byte> state(d.state_bytes);
+  const uint32_t shard = static_cast<uint32_t>(series_id % d.shard_count);
   const uint64_t count = probe ? buckets : starts.size();
   for (uint64_t k = 0; k < count; ++k) {
     const EntryKey key{
         series_id, width_index,
-        probe ? static_cast<int64_t>(static_cast<uint64_t>(first) + k * width) : starts[k]};
-    EntryMeta m;
-    const ReadStatus st = read(view, key, state, &m);
-    if (st == ReadStatus::kFound) {
-      fn(m, state);
-      ++r.entries;
-    } else if (st == ReadStatus::kBusy) {
-      ++r.busy;
+        probe ? static_cast<int64_t>(static_cast<uint64_t>(first) + k * width) : starts[k], 0};
+    // Every generation of the bucket lies on the chain from its home slot to an empty slot.
+    uint64_t i = home_slot(key.series_id, key.width_index, key.bucket_start_ns, d.shard_capacity);
+    for (uint32_t n = 0; n < d.max_probe; ++n) {
+      EntryMeta m;
+      const SlotRead sr = read_slot(entry_at(base_, d, shard, i), d.state_bytes, &key,
+                                    state.data(), &m, /*any_generation=*/true);
+      if (sr == SlotRead::kEmpty) break;
+      if (sr == SlotRead::kMatch) {
+        fn(m, state);
+        ++r.entries;
+      } else if (sr == SlotRead::kBusy) {
+        ++r.busy;
+      }
+      if (++i == d.shard_capacity) i = 0;
     }
   }
   return r;
@@ -412,6 +425,19 @@ LiveViewStats LiveTablesView::stats(uint32_t view) const {
     s.late_events += c[i].late_events.load(std::memory_order_relaxed);
   }
   return s;
+}
+
+uint64_t LiveTablesView::evicted_generation() const {
+  if (base_ == nullptr) return 0;
+  // Acquire: pairs with the release store in publish_evicted_generation().
+  return reinterpret_cast<const LiveHeader*>(base_)->evicted_generation.load(
+      std::memory_order_acquire);
+}
+
+std::string_view LiveTablesView::batch_dir() const {
+  if (base_ == nullptr) return {};
+  const auto* h = reinterpret_cast<const LiveHeader*>(base_);
+  return {h->batch_dir, std::min<size_t>(h->batch_dir_len, kMaxBatchDirBytes)};
 }
 
 uint32_t LiveTablesView::change_seq(uint32_t view) const {
@@ -526,6 +552,7 @@ EntryMeta ShardWriter::meta(const LiveEntry* e) const {
   m.first_pos = e->first_pos.load(std::memory_order_relaxed);
   m.last_pos = e->last_pos.load(std::memory_order_relaxed);
   m.update_count = e->update_count.load(std::memory_order_relaxed);
+  m.key.generation = e->generation.load(std::memory_order_relaxed);
   return m;
 }
 
@@ -546,7 +573,8 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key) {
     if (flags == kSlotOccupied) {
       if (e->series_id.load(std::memory_order_relaxed) == key.series_id &&
           e->bucket_start_ns.load(std::memory_order_relaxed) == key.bucket_start_ns &&
-          e->width_index.load(std::memory_order_relaxed) == key.width_index)
+          e->width_index.load(std::memory_order_relaxed) == key.width_index &&
+          e->generation.load(std::memory_order_relaxed) == key.generation)
         return e;
     } else if (free_slot == nullptr) {
       free_slot = e;
@@ -565,6 +593,7 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key) {
   free_slot->first_pos.store(0, std::memory_order_relaxed);
   free_slot->last_pos.store(0, std::memory_order_relaxed);
   free_slot->update_count.store(0, std::memory_order_relaxed);
+  free_slot->generation.store(key.generation, std::memory_order_relaxed);
   store_state(free_slot, std::span<const std::byte>(initial_state_, state_bytes_));
   end_write(free_slot);
   bump(counters_->entries_used, 1);
@@ -646,8 +675,13 @@ LiveTables::~LiveTables() = default;
 
 Result<LiveTables> LiveTables::create(const std::string& shm_name,
                                       std::span<const LiveViewSpec> views,
-                                      const ShmOptions& options) {
+                                      const ShmOptions& options, std::string_view batch_dir) {
   const std::string name = object_name(shm_name);
+  if (batch_dir.size() > kMaxBatchDirBytes) {
+    return Status::Invalid(fmt::format("{}: batch views directory '{}' is longer than {} bytes",
+                                       ShmObject::describe(kKind, name), batch_dir,
+                                       kMaxBatchDirBytes));
+  }
   if (views.size() > kMaxLiveViews) {
     return Status::Invalid(fmt::format("{}: {} views, at most {}", ShmObject::describe(kKind, name),
                                        views.size(), kMaxLiveViews));
@@ -699,6 +733,8 @@ Result<LiveTables> LiveTables::create(const std::string& shm_name,
   shm->init_prefix(kLiveLayoutVersion, kLiveHeaderBytes);
   h->view_count = view_count;
   h->descriptor_bytes = kViewDescriptorBytes;
+  h->batch_dir_len = static_cast<uint32_t>(batch_dir.size());
+  std::memcpy(h->batch_dir, batch_dir.data(), batch_dir.size());
   for (uint32_t i = 0; i < view_count; ++i) {
     const LiveViewSpec& s = views[i];
     auto* d = std::construct_at(reinterpret_cast<ViewDescriptor*>(base + kLiveHeaderBytes) + i);
@@ -774,6 +810,14 @@ void LiveTables::end_batch(uint32_t view) {
   if (now - last >= kWakeInterval.count() &&
       d.last_wake_ns.compare_exchange_strong(last, now, std::memory_order_relaxed))
     wake_view(d);
+}
+
+void LiveTables::publish_evicted_generation(uint64_t g) {
+  auto* h = reinterpret_cast<LiveHeader*>(shm_.data());
+  // Release: pairs with the acquire load in evicted_generation(); the evictions that follow
+  // are published by their own seqlock writes, which come after this store.
+  if (g > h->evicted_generation.load(std::memory_order_relaxed))
+    h->evicted_generation.store(g, std::memory_order_release);
 }
 
 void LiveTables::wake_waiters() {

@@ -38,6 +38,7 @@ struct EntryKey {
   uint64_t series_id = 0;
   uint32_t width_index = 0;
   int64_t bucket_start_ns = 0;  // bucket_start(ts, widths_ns[width_index])
+  uint64_t generation = 0;      // of the events folded in (model/generation.h)
   friend bool operator==(const EntryKey&, const EntryKey&) = default;
 };
 
@@ -126,12 +127,18 @@ class LiveTablesView {
   ScanResult scan(uint32_t view, std::optional<uint32_t> shard, const EntryFn& fn) const;
 
   // The buckets of one series at one width whose start lies in [from_ns, to_ns), in ascending
-  // bucket order. Probes each bucket start of the range when that is cheaper than scanning the
+  // bucket order, every generation of a bucket (in no particular order among them). Probes each bucket start of the range when that is cheaper than scanning the
   // series' shard, else scans the shard for the bucket starts present and then reads those.
   ScanResult read_range(uint32_t view, uint64_t series_id, uint32_t width_index, int64_t from_ns,
                         int64_t to_ns, const EntryFn& fn) const;
 
   LiveViewStats stats(uint32_t view) const;
+
+  // Entries of generations <= this may have been evicted (the batch layer absorbed them).
+  // Acquire: a reader that found a slot emptied by such an eviction sees the new value here.
+  uint64_t evicted_generation() const;
+  // The batch views' directory the daemon announced; empty: none.
+  std::string_view batch_dir() const;
 
   // The view's change sequence (acquire: pairs with the release increment in end_batch(), so
   // everything written before that batch ended is visible to reads that follow).
@@ -238,8 +245,9 @@ class LiveTables {
 
   // Start-up only. Replaces any previous instance (retiring it, see ShmObject::replace) with a
   // new, empty object holding `views`. Errors name the object and the offending view.
+  // `batch_dir`: the batch views' directory, announced to clients (at most kMaxBatchDirBytes).
   static Result<LiveTables> create(const std::string& shm_name, std::span<const LiveViewSpec> views,
-                                   const ShmOptions& options = {});
+                                   const ShmOptions& options = {}, std::string_view batch_dir = {});
   static Status remove(const std::string& shm_name);
 
   LiveTables(LiveTables&&) noexcept;
@@ -260,6 +268,10 @@ class LiveTables {
   // for are seen within that tick. Read-only clients cannot ask for wake-ups, so this bounded
   // tick replaces a waiters flag: the daemon's cost is independent of what clients do.
   void wake_waiters();
+
+  // Announces, before evicting them, that entries of generations <= g may be gone (release);
+  // see LiveTablesView::evicted_generation. Never lowers the value.
+  void publish_evicted_generation(uint64_t g);
 
   const LiveTablesView& tables() const { return view_; }
   const std::string& name() const { return shm_.name(); }

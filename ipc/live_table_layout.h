@@ -24,7 +24,15 @@ namespace runnel::ipc {
 //                                   created_unix_ns, retired
 //       48    4  view_count         0..kMaxLiveViews
 //       52    4  descriptor_bytes   sizeof(ViewDescriptor) = 320
-//       56  200  reserved
+//       56    8  evicted_generation entries of generations <= this may have been evicted
+//                                   because the batch layer absorbed them (model/generation.h);
+//                                   stored (release) before such an eviction starts, so a
+//                                   client that read the batch views at a lower generation
+//                                   retries its query. 0: nothing absorbed was evicted.
+//       64    4  batch_dir_len      0..kMaxBatchDirBytes; 0: no batch layer
+//       68    4  reserved
+//       72  184  batch_dir          the LMDB batch views' directory (DATA_DIR/views), not
+//                                   NUL-terminated, batch_dir_len bytes
 //
 // ViewDescriptor, 320 bytes, at 256 + i * 320. Bytes 0-255 are written once before the magic;
 // the last cache line is the view's change notification, written by the workers:
@@ -76,12 +84,15 @@ namespace runnel::ipc {
 //       32    8  first_pos          ring/log position of the first event folded in
 //       40    8  last_pos           ... and of the last; the batch layer's absorption test
 //       48    8  update_count       events folded in; 0 for a fresh entry (initial state)
-//       56    -  state              state_bytes, then zeros up to entry_bytes
+//       56    8  generation         of every event folded in (model/generation.h); part of the
+//                                   key, but not of the home slot: all generations of one
+//                                   bucket share a probe chain
+//       64    -  state              state_bytes, then zeros up to entry_bytes
 //
 // Every field of an entry, the state included, is read and written with atomic (relaxed) word
 // accesses between the seqlock's seq loads, so a reader copy is never formally racy.
 //
-// Keys: (series_id, width_index, bucket_start_ns). Open addressing with linear probing inside a
+// Keys: (series_id, width_index, bucket_start_ns, generation). Open addressing with linear probing inside a
 // shard: a key's home slot is home_slot() below, its slot the first usable one after it, at most
 // max_probe - 1 slots further (wrapping at shard_capacity). Every slot between a key's home and
 // its slot is non-empty (occupied or tombstone); entries never move, eviction leaves a
@@ -89,7 +100,7 @@ namespace runnel::ipc {
 // chain crosses it then).
 
 inline constexpr uint64_t kLiveMagic = 0x314556494c4c4e52ULL;  // "RNLLIVE1" little-endian
-inline constexpr uint32_t kLiveLayoutVersion = 1;
+inline constexpr uint32_t kLiveLayoutVersion = 2;
 inline constexpr uint32_t kLiveHeaderBytes = 256;
 inline constexpr uint32_t kViewDescriptorBytes = 320;
 inline constexpr uint32_t kMaxLiveViews = 256;
@@ -101,7 +112,8 @@ inline constexpr uint32_t kMaxProbeLimit = 4096;
 inline constexpr uint64_t kMaxShardCapacity = uint64_t{1} << 32;
 inline constexpr uint64_t kMaxLiveBytes = uint64_t{1} << 44;  // the whole object
 inline constexpr uint32_t kMaxDefinitionBytes = 1u << 16;
-inline constexpr uint32_t kEntryHeaderBytes = 56;
+inline constexpr uint32_t kEntryHeaderBytes = 64;
+inline constexpr uint32_t kMaxBatchDirBytes = 184;
 inline constexpr uint32_t kShardCountersBytes = 64;
 
 inline constexpr uint32_t kSlotEmpty = 0;
@@ -115,9 +127,15 @@ struct LiveHeader {
   ShmPrefix prefix;
   uint32_t view_count;
   uint32_t descriptor_bytes;
-  uint8_t reserved[200];
+  std::atomic<uint64_t> evicted_generation;
+  uint32_t batch_dir_len;
+  uint32_t reserved;
+  char batch_dir[kMaxBatchDirBytes];
 };
 static_assert(sizeof(LiveHeader) == kLiveHeaderBytes);
+static_assert(offsetof(LiveHeader, evicted_generation) == 56);
+static_assert(offsetof(LiveHeader, batch_dir_len) == 64);
+static_assert(offsetof(LiveHeader, batch_dir) == 72);
 static_assert(offsetof(LiveHeader, prefix) == 0);
 static_assert(offsetof(LiveHeader, view_count) == 48);
 static_assert(offsetof(LiveHeader, descriptor_bytes) == 52);
@@ -183,8 +201,10 @@ struct LiveEntry {
   std::atomic<uint64_t> first_pos;
   std::atomic<uint64_t> last_pos;
   std::atomic<uint64_t> update_count;
+  std::atomic<uint64_t> generation;
 };
 static_assert(sizeof(LiveEntry) == kEntryHeaderBytes);
+static_assert(offsetof(LiveEntry, generation) == 56);
 static_assert(offsetof(LiveEntry, seq) == 0);
 static_assert(offsetof(LiveEntry, series_id) == 8);
 static_assert(offsetof(LiveEntry, bucket_start_ns) == 16);

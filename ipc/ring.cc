@@ -122,7 +122,7 @@ Result<std::unique_ptr<Segment>> create_segment(const std::string& name, uint64_
   h->layout_version = kRingLayoutVersion;
   h->header_bytes = kRingHeaderBytes;
   h->capacity_bytes = capacity;
-  h->epoch = random_instance_id();
+  h->epoch = options.epoch != 0 ? options.epoch : random_instance_id();
   h->created_unix_ns = unix_now_ns();
   h->max_payload_bytes = max_payload_for(capacity);
   h->max_consumers = kMaxConsumers;

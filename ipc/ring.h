@@ -34,6 +34,9 @@ enum class WriteStatus : uint8_t {
 struct RingOptions {
   uint32_t mode = 0640;      // permission bits of the shm object
   std::optional<gid_t> gid;  // chown the object to this group, so clients may map it read-only
+  // The epoch of a ring this call creates; 0: a random one. runneld passes the log's last
+  // epoch + 1, so that epochs increase along the log (model/generation.h).
+  uint64_t epoch = 0;
 };
 
 struct ConsumerStats {

@@ -17,7 +17,7 @@ namespace runnel::ipc {
 //        8    4  layout_version     kRingLayoutVersion
 //       12    4  header_bytes       kRingHeaderBytes: the data area starts here
 //       16    8  capacity_bytes     power of two, kMinRingCapacity..kMaxRingCapacity
-//       24    8  epoch              random at creation; names this ring instance in the log
+//       24    8  epoch              set at creation (runneld: the log's last epoch + 1); names this ring in the log
 //       32    8  created_unix_ns
 //       40    4  max_payload_bytes  min(capacity_bytes / 4 - 16, kMaxPayloadLimit)
 //       44    4  max_consumers      kMaxConsumers

@@ -458,6 +458,57 @@ TEST(LiveTableTest, ReadRangeReturnsTheSeriesBucketsOfOneWidthInAscendingOrder) 
   EXPECT_EQ(range(-1'000'000, 65), (std::vector<int64_t>(all.begin(), all.begin() + 12)));
 }
 
+TEST(LiveTableTest, GenerationsOfOneBucketAreSeparateEntriesThatReadRangeReturnsTogether) {
+  ScopedLiveName name;
+  LiveTables t = create(name, {make_spec("cpu", 8, 512, 1, 32)});
+  ShardWriter w = attach(t, 0, 0);
+  LiveEntry* g1 = put(w, EntryKey{3, 0, 40, 1}, 11, 8);
+  LiveEntry* g2 = put(w, EntryKey{3, 0, 40, 2}, 22, 8);
+  ASSERT_NE(g1, nullptr);
+  ASSERT_NE(g2, nullptr);
+  EXPECT_NE(g1, g2);
+  EXPECT_EQ(w.find_or_insert(EntryKey{3, 0, 40, 2}), g2);
+  uint64_t v = 0;
+  EntryMeta m;
+  ASSERT_EQ(read_value(t.tables(), EntryKey{3, 0, 40, 1}, &v, &m), ReadStatus::kFound);
+  EXPECT_EQ(v, 11u);
+  EXPECT_EQ(m.key.generation, 1u);
+  EXPECT_EQ(read_value(t.tables(), EntryKey{3, 0, 40, 3}, &v), ReadStatus::kNotFound);
+  std::map<uint64_t, uint64_t> by_generation;
+  const ScanResult r = t.tables().read_range(0, 3, 0, 40, 50, [&](const EntryMeta& e, std::span<const std::byte> s) {
+    uint64_t x = 0;
+    EXPECT_TRUE(all_words_equal(s, &x));
+    by_generation[e.key.generation] = x;
+  });
+  EXPECT_EQ(r.entries, 2u);
+  EXPECT_EQ(by_generation, (std::map<uint64_t, uint64_t>{{1, 11}, {2, 22}}));
+  // Absorbed generations leave; the announcement comes first and never goes back.
+  EXPECT_EQ(t.tables().evicted_generation(), 0u);
+  t.publish_evicted_generation(1);
+  t.publish_evicted_generation(0);
+  EXPECT_EQ(t.tables().evicted_generation(), 1u);
+  EXPECT_EQ(w.evict_if([](const EntryMeta& e) { return e.key.generation <= 1; }), 1u);
+  by_generation.clear();
+  t.tables().read_range(0, 3, 0, 40, 50, [&](const EntryMeta& e, std::span<const std::byte>) {
+    by_generation[e.key.generation] = 1;
+  });
+  EXPECT_EQ(by_generation.size(), 1u);
+  EXPECT_TRUE(by_generation.contains(2));
+}
+
+TEST(LiveTableTest, TheBatchDirectoryIsAnnouncedToReaders) {
+  ScopedLiveName name;
+  auto t = LiveTables::create(name.str(), std::vector<LiveViewSpec>{make_spec("cpu", 8, 64)}, {},
+                              "/var/lib/runnel/views");
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  auto r = LiveTableReader::open(name.str());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->tables().batch_dir(), "/var/lib/runnel/views");
+  auto too_long = LiveTables::create(name.str(), std::vector<LiveViewSpec>{make_spec("cpu", 8, 64)},
+                                     {}, std::string(kMaxBatchDirBytes + 1, 'x'));
+  EXPECT_EQ(too_long.status().code(), Status::Code::kInvalid);
+}
+
 TEST(LiveTableTest, ScanVisitsEveryOccupiedEntryOfOneShardOrOfAll) {
   ScopedLiveName name;
   LiveTables t = create(name, {make_spec("cpu", 8, 64, 2, 32)});
