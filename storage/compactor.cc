@@ -15,6 +15,7 @@
 #include <optional>
 #include <utility>
 
+#include "model/generation.h"
 #include "model/record.h"
 #include "model/view_router.h"
 #include "storage/log_reader.h"
@@ -382,7 +383,58 @@ struct Compactor::Pass {
   // Reading may begin at the oldest retained record when `from` precedes it: a rebuild, or a
   // store that has absorbed nothing yet. Otherwise that is records lost before absorption.
   bool may_skip_missing = false;
+  // A compaction pass: steps end only where the generation changes (model/generation.h), so
+  // the watermark never splits a generation between the batch views and the live tables.
+  bool generation_aligned = false;
 };
+
+namespace {
+
+uint64_t record_generation(const Record& r) { return generation_of(r.ring_epoch, r.ring_pos); }
+
+// The start of the last generation that begins in [from, end): where a generation-aligned pass
+// over [from, end) must stop, since that generation may go on past `end` (from itself when the
+// whole range is one generation). Scans the range backwards one segment at a time, so usually
+// only the newest segment is read.
+Result<uint64_t> last_generation_start(const std::filesystem::path& log_dir, uint64_t from, uint64_t end) {
+  if (from >= end) return from;
+  auto segments = list_segments(log_dir);
+  if (!segments.ok()) return segments.status();
+  auto reader = LogReader::open(log_dir);
+  if (!reader.ok()) return reader.status();
+  std::optional<uint64_t> later_generation;  // of the records in [chunk end, end)
+  uint64_t chunk_end = end;
+  for (auto seg = segments->rbegin(); seg != segments->rend(); ++seg) {
+    if (seg->base_offset >= chunk_end) continue;
+    const uint64_t chunk_start = std::max(from, seg->base_offset);
+    if (Status s = reader->seek(chunk_start); !s.ok()) return s;
+    std::optional<uint64_t> last_change, first_gen, last_gen;
+    Record rec;
+    while (reader->position() < chunk_end) {
+      auto got = reader->next(&rec);
+      if (!got.ok()) return got.status();
+      if (!*got) return Status::Corruption(log_dir.string() + ": the log ends at offset " +
+                                           std::to_string(reader->position()) + ", inside the sealed range");
+      const uint64_t g = record_generation(rec);
+      if (last_gen && g != *last_gen) last_change = rec.offset;
+      if (!first_gen) first_gen = g;
+      last_gen = g;
+    }
+    if (!last_gen) {  // an empty chunk
+      chunk_end = chunk_start;
+      if (chunk_start == from) return from;
+      continue;
+    }
+    if (later_generation && *last_gen != *later_generation) return chunk_end;
+    if (last_change) return *last_change;
+    later_generation = first_gen;
+    chunk_end = chunk_start;
+    if (chunk_start == from) return from;
+  }
+  return from;
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Compactor
@@ -511,6 +563,7 @@ Result<CompactionStats> Compactor::compact(const RunLimits& limits) {
   }
   pass.from = store_.watermark().log_offset;
   pass.may_skip_missing = store_.watermark().records == 0;
+  pass.generation_aligned = true;
   auto segments = list_segments(options_.log_dir);
   if (!segments.ok() && segments.status().code() != Status::Code::kNotFound) return segments.status();
   pass.end = pass.from;
@@ -518,6 +571,12 @@ Result<CompactionStats> Compactor::compact(const RunLimits& limits) {
     for (const SegmentInfo& seg : *segments) {
       if (seg.sealed) pass.end = std::max(pass.end, seg.end_offset());
     }
+  }
+  // The newest sealed generation may continue in the active segment: it waits.
+  if (pass.end > pass.from) {
+    auto boundary = last_generation_start(options_.log_dir, pass.from, pass.end);
+    if (!boundary.ok()) return boundary.status();
+    pass.end = *boundary;
   }
   uint64_t steps_left = limits.max_steps;
   return run_pass(pass, limits, &steps_left);
@@ -667,8 +726,12 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
                                 std::to_string(pass.end) + ", which should be a record boundary");
     }
     const bool stop = limits.stop != nullptr && limits.stop->load(std::memory_order_relaxed);
-    if (at_end || stop || partial_->full() ||
-        (options_.max_step_records != 0 && step.records >= options_.max_step_records)) {
+    const bool step_full =
+        partial_->full() || (options_.max_step_records != 0 && step.records >= options_.max_step_records);
+    // An aligned pass commits at the next change of generation (below); stopping drops the
+    // uncommitted step, which the next pass reads again.
+    if (pass.generation_aligned && stop && !at_end) return finish();
+    if (at_end || stop || (step_full && !pass.generation_aligned)) {
       if (step.records == 0 && !at_end) {
         if (stop) return finish();
       } else if (step.records > 0 || step_from < pass.end) {
@@ -694,6 +757,14 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
       return Status::Corruption(options_.log_dir.string() + ": the log ends at offset " +
                                 std::to_string(reader->position()) + ", inside the sealed range that ends at " +
                                 std::to_string(pass.end));
+    }
+    if (pass.generation_aligned && step_full && step.records > 0 &&
+        record_generation(rec) != generation_of(last.ring_epoch, last.ring_pos)) {
+      // The step ends before the first record of a new generation, which opens the next one.
+      auto committed = commit(rec.offset);
+      if (!committed.ok()) return committed.status();
+      if (!*committed) continue;  // redo smaller: the reader went back to step_from
+      if (*steps_left != 0 && --*steps_left == 0) return finish();
     }
     ++step.records;
     step.bytes += rec.next_offset - rec.offset;

@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "model/aggregate.h"
+#include "model/generation.h"
 #include "model/line_protocol.h"
 #include "model/view_router.h"
 #include "storage/log_reader.h"
@@ -29,6 +30,7 @@ using namespace runnel::storage::testing;
 
 constexpr int64_t kT0 = 1'700'000'000LL * kSecond;  // an hour edge: 1'700'000'000 = 472222 h + 800 s
 constexpr uint64_t kSegmentBytes = 16 << 10;
+constexpr uint64_t kRecordStride = uint64_t{1} << kGenerationShift;
 
 // Appends line-protocol points to a log; seal() rolls the active segment so that everything
 // appended before it is in sealed segments.
@@ -43,7 +45,9 @@ class LogBuilder {
   void add(const std::string& line) {
     const char* reason = "";
     ASSERT_EQ(parser_.parse(line, {}, 0, &buf_, &reason), ParseError::kOk) << reason << ": " << line;
-    ASSERT_TRUE(writer_->append(1, ring_pos_++, buf_).ok());
+    // Each record its own generation: a compaction step may end after any of them.
+    ASSERT_TRUE(writer_->append(1, ring_pos_, buf_).ok());
+    ring_pos_ += stride_;
     ++records_;
   }
   // Points that route nowhere (a string field only) until the active segment rolls.
@@ -57,6 +61,8 @@ class LogBuilder {
   }
   uint64_t records() const { return records_; }
   LogWriter& writer() { return *writer_; }
+  // Ring positions advance this much per record (kRecordStride: a generation each).
+  void set_stride(uint64_t stride) { stride_ = stride; }
 
  private:
   std::filesystem::path dir_;
@@ -64,6 +70,7 @@ class LogBuilder {
   LineParser parser_;
   std::vector<std::byte> buf_;
   uint64_t ring_pos_ = 0;
+  uint64_t stride_ = kRecordStride;
   uint64_t records_ = 0;
 };
 
@@ -211,6 +218,17 @@ uint64_t sealed_end(const std::filesystem::path& log_dir) {
   return end;
 }
 
+// Where compaction stops: before the last sealed record, whose generation (each record has its
+// own here) may go on in the active segment.
+uint64_t absorbable_end(const std::filesystem::path& log_dir) {
+  const uint64_t end = sealed_end(log_dir);
+  auto reader = LogReader::open(log_dir);
+  uint64_t last = 0;
+  Record rec;
+  while (reader->position() < end && reader->next(&rec).value()) last = rec.offset;
+  return last;
+}
+
 struct Env {
   TempDir tmp;
   std::filesystem::path log_dir = tmp.path() / "log";
@@ -249,7 +267,7 @@ TEST(Compactor, CompactionEqualsAReferenceFoldedFromTheLog) {
   auto stats = (*c)->compact();
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(stats->caught_up);
-  const uint64_t end = sealed_end(env.log_dir);
+  const uint64_t end = absorbable_end(env.log_dir);
   EXPECT_EQ(store->watermark().log_offset, end);
   EXPECT_EQ(stats->records, store->watermark().records);
   EXPECT_GE(stats->records, 3000u);
@@ -268,6 +286,45 @@ TEST(Compactor, CompactionEqualsAReferenceFoldedFromTheLog) {
   EXPECT_GT(named, 10u);
 }
 
+TEST(Compactor, StepsEndOnlyWhereTheGenerationChangesAndHoldBackTheLastOne) {
+  Env env;
+  LogBuilder log(env.log_dir);
+  log.set_stride(kRecordStride / 7);  // about 7 records per generation
+  add_points(log, 3000, 21);
+  log.seal();
+  std::map<uint64_t, uint64_t> generation_at;  // record offset -> generation
+  uint64_t last_offset = 0;
+  {
+    auto reader = LogReader::open(env.log_dir);
+    Record rec;
+    while (reader->next(&rec).value()) {
+      generation_at[rec.offset] = generation_of(rec.ring_epoch, rec.ring_pos);
+      last_offset = rec.offset;
+    }
+  }
+  auto store = env.open_store();
+  CompactorOptions o = env.options(8 << 20, 5);  // steps of about 5 records: ended at boundaries
+  std::vector<uint64_t> ends;
+  o.before_commit = [&](const StepReport& r) { ends.push_back(r.to_offset); };
+  auto c = Compactor::open(*store, test_views(), o);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE((*c)->compact().ok());
+  ASSERT_GT(ends.size(), 100u);
+  for (uint64_t end : ends) {
+    auto next = generation_at.find(end);
+    ASSERT_NE(next, generation_at.end()) << "a step ends on a record boundary";
+    ASSERT_NE(next, generation_at.begin());
+    EXPECT_NE(std::prev(next)->second, next->second) << "step end " << end << " splits a generation";
+  }
+  // The sealed log's last generation continues in the active segment: it is not absorbed.
+  const Watermark wm = store->watermark();
+  EXPECT_LT(wm.log_offset, sealed_end(env.log_dir));
+  EXPECT_NE(generation_at.at(wm.last_record_offset), generation_at.at(wm.log_offset));
+  EXPECT_EQ(generation_at.at(wm.log_offset), generation_at.at(last_offset));
+  auto snap = store->snapshot();
+  expect_store_equals(*snap, reference(env.log_dir, test_views(), wm.log_offset), test_views());
+}
+
 TEST(Compactor, StepwiseCompactionAsSegmentsSealEqualsOneFullCompaction) {
   Env env;
   LogBuilder log(env.log_dir);
@@ -281,13 +338,13 @@ TEST(Compactor, StepwiseCompactionAsSegmentsSealEqualsOneFullCompaction) {
     auto stats = (*c)->compact();
     ASSERT_TRUE(stats.ok()) << stats.status().ToString();
     steps += stats->steps;
-    EXPECT_EQ(store->watermark().log_offset, sealed_end(env.log_dir)) << "never past the sealed end";
+    EXPECT_EQ(store->watermark().log_offset, absorbable_end(env.log_dir)) << "never past the sealed end";
   }
   log.seal();
   ASSERT_TRUE((*c)->compact().ok());
   EXPECT_GT(steps, 20u);
   const Watermark wm = store->watermark();
-  EXPECT_EQ(wm.log_offset, sealed_end(env.log_dir));
+  EXPECT_EQ(wm.log_offset, absorbable_end(env.log_dir));
 
   // The watermark names exactly the last absorbed record.
   auto reader = LogReader::open(env.log_dir);
@@ -296,7 +353,7 @@ TEST(Compactor, StepwiseCompactionAsSegmentsSealEqualsOneFullCompaction) {
   ASSERT_TRUE(reader->next(&last).value());
   EXPECT_EQ(last.next_offset, wm.log_offset);
   EXPECT_EQ(last.ring_pos, wm.ring_pos);
-  EXPECT_EQ(wm.records, wm.ring_pos + 1) << "every record absorbed once";
+  EXPECT_EQ(wm.records, wm.ring_pos / kRecordStride + 1) << "every record absorbed once";
 
   Env full_env;
   ViewStoreOptions o;
@@ -335,7 +392,7 @@ TEST(Compactor, StopAfterSomeStepsThenResumeEqualsTheReference) {
   auto again = Compactor::open(*store, test_views(), env.options(8 << 20, 100));
   ASSERT_TRUE(again.ok());
   ASSERT_TRUE((*again)->compact().ok());
-  EXPECT_EQ(store->watermark().log_offset, sealed_end(env.log_dir));
+  EXPECT_EQ(store->watermark().log_offset, absorbable_end(env.log_dir));
   auto snap = store->snapshot();
   expect_store_equals(*snap, reference(env.log_dir, test_views(), store->watermark().log_offset), test_views());
 }
@@ -389,8 +446,8 @@ TEST(Compactor, CompactionKilledMidwayResumesWithNothingCountedTwice) {
   ASSERT_TRUE(c.ok());
   ASSERT_TRUE((*c)->compact().ok());
   const Watermark wm = store->watermark();
-  EXPECT_EQ(wm.log_offset, sealed_end(env.log_dir));
-  EXPECT_EQ(wm.records, wm.ring_pos + 1) << "every record absorbed once";
+  EXPECT_EQ(wm.log_offset, absorbable_end(env.log_dir));
+  EXPECT_EQ(wm.records, wm.ring_pos / kRecordStride + 1) << "every record absorbed once";
   auto snap = store->snapshot();
   expect_store_equals(*snap, reference(env.log_dir, test_views(), wm.log_offset), test_views());
 }
@@ -646,7 +703,7 @@ TEST(Compactor, SegmentRetentionNeverOffersAnUnabsorbedSegment) {
   EXPECT_EQ(*removed, plan->segments);
   auto rest = (*c)->compact();
   ASSERT_TRUE(rest.ok()) << rest.status().ToString();
-  EXPECT_EQ(store->watermark().log_offset, sealed_end(env.log_dir));
+  EXPECT_EQ(store->watermark().log_offset, absorbable_end(env.log_dir));
 }
 
 TEST(Compactor, FullMapIsAClearErrorThatKeepsTheLogAndALargerMapSucceeds) {
