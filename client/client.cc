@@ -101,13 +101,24 @@ Status Client::find_rows(const std::string& view, const RowFilter& filter, std::
     ctx = v.value();
   }
   out->clear();
+  // Rows only the batch views still name (seen before a daemon restart) are rows too.
+  std::optional<storage::ViewSnapshot> batch;
+  auto reader = impl_->inst->batch();
+  if (!reader.ok()) return convert(reader.status());
+  if (*reader != nullptr) {
+    auto snap = (*reader)->snapshot();
+    if (!snap.ok()) return convert(snap.status());
+    batch.emplace(std::move(snap).value());
+  }
   return convert(internal::for_each_row(
-      *impl_->inst, ctx, filter, /*check_presence=*/true, [&](uint64_t id, const RowKeyView& key) {
+      *impl_->inst, ctx, filter, /*check_presence=*/true,
+      [&](uint64_t id, const RowKeyView& key) {
         Row r{id, std::string(key.measurement), {}, std::string(key.field)};
         for (const runnel::Tag& t : key.tags)
           r.tags.push_back({std::string(t.key), std::string(t.value)});
         out->push_back(std::move(r));
-      }));
+      },
+      batch ? &*batch : nullptr));
 }
 
 Status Client::read_bucket(const std::string& view, uint64_t row_id, int64_t width_ns,

@@ -10,12 +10,30 @@
 #include <utility>
 
 #include "ipc/live_table_layout.h"
+#include "model/generation.h"
 
 namespace runnel::client::internal {
 namespace {
 
 // A fill_empty answer holds at most this many steps per series.
 constexpr uint64_t kMaxFilledSteps = 1'000'000;
+// A merged query that raced with the daemon evicting what a newer watermark absorbed reads
+// again, at most this often.
+constexpr int kMergeAttempts = 16;
+
+// LMDB allows one environment per directory and process: every Instance of the process that
+// reads the same batch views shares one reader.
+Result<std::shared_ptr<storage::ViewReader>> shared_view_reader(const std::string& dir) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<storage::ViewReader>> readers;
+  std::lock_guard lock(mu);
+  if (auto r = readers[dir].lock()) return r;
+  auto opened = storage::ViewReader::open(dir);
+  if (!opened.ok()) return opened.status();
+  std::shared_ptr<storage::ViewReader> r(std::move(opened).value());
+  readers[dir] = r;
+  return r;
+}
 
 std::string join(const std::vector<std::string>& items) {
   std::string s;
@@ -116,6 +134,21 @@ Result<const ViewContext*> Instance::find_view(std::string_view name) const {
                           "' (views: " + join(names) + ")");
 }
 
+Result<std::shared_ptr<storage::ViewReader>> Instance::batch() const {
+  const std::string dir(live().batch_dir());
+  if (dir.empty()) return std::shared_ptr<storage::ViewReader>();
+  std::lock_guard lock(batch_mu_);
+  if (batch_) return batch_;
+  auto r = shared_view_reader(dir);
+  if (!r.ok()) {
+    // The daemon creates its views at start-up; until then there is nothing absorbed.
+    if (r.status().code() == Status::Code::kNotFound) return std::shared_ptr<storage::ViewReader>();
+    return r.status();
+  }
+  batch_ = *r;
+  return batch_;
+}
+
 std::vector<std::span<const std::byte>> Instance::mappings() const {
   return {m_->live.mapping(),
           m_->series.mapping(),
@@ -134,6 +167,8 @@ SourceScan LiveSource::for_each_bucket(std::span<const uint64_t> rows, int64_t w
   if (w == info.widths_ns.end() || rows.empty() || to_ns <= from_ns) return r;
   const auto wi = static_cast<uint32_t>(w - info.widths_ns.begin());
   const auto deliver = [&](const ipc::EntryMeta& m, std::span<const std::byte> state) {
+    // The batch views hold it (generation 0: entries written without one, never absorbed).
+    if (after_generation_ != kNoGeneration && m.key.generation <= after_generation_) return;
     fn(SourceEntry{m.key.series_id, m.key.bucket_start_ns, m.first_pos, m.last_pos, state});
     ++r.entries;
   };
@@ -158,6 +193,55 @@ SourceScan LiveSource::for_each_bucket(std::span<const uint64_t> rows, int64_t w
   }
   for (uint64_t row : rows)
     r.busy += live_.read_range(view_, row, wi, from_ns, to_ns, deliver).busy;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BatchSource
+
+Result<BatchRead> read_batch(const Instance& inst, const ViewContext& view) {
+  BatchRead b;
+  auto reader = inst.batch();
+  if (!reader.ok()) return reader.status();
+  if (*reader == nullptr) return b;
+  auto snap = (*reader)->snapshot();
+  if (!snap.ok()) return snap.status();
+  b.snapshot.emplace(std::move(snap).value());
+  const storage::Watermark& wm = b.snapshot->watermark();
+  const storage::ViewInfo* v = b.snapshot->find_view(view.def.name);
+  if (v == nullptr) return b;
+  // The daemon evicts a view's live entries only while this same rule holds (daemon.cc).
+  if (v->current_version == 0 || v->definition_hash != view.def.definition_hash()) {
+    b.rebuilding = true;
+    return b;
+  }
+  b.version = v;
+  b.watermark_offset = wm.log_offset;
+  b.generation = wm.records > 0 ? generation_of(wm.ring_epoch, wm.ring_pos) : kNoGeneration;
+  return b;
+}
+
+SourceScan BatchSource::for_each_bucket(std::span<const uint64_t> rows, int64_t width_ns,
+                                        int64_t from_ns, int64_t to_ns,
+                                        const SourceEntryFn& fn) const {
+  SourceScan r;
+  if (batch_.version == nullptr || !status_.ok()) return r;
+  const auto& widths = view_.def.widths_ns;  // the version's: same definition hash
+  const auto w = std::find(widths.begin(), widths.end(), width_ns);
+  if (w == widths.end()) return r;
+  const auto wi = static_cast<uint8_t>(w - widths.begin());
+  for (uint64_t row : rows) {
+    Status s = batch_.snapshot->scan(*batch_.version, row, wi, from_ns, to_ns,
+                                     [&](int64_t bucket, std::span<const std::byte> state) {
+                                       fn(SourceEntry{row, bucket, 0, 0, state});
+                                       ++r.entries;
+                                       return true;
+                                     });
+    if (!s.ok()) {
+      status_ = s;
+      break;
+    }
+  }
   return r;
 }
 
@@ -229,7 +313,8 @@ Merged merge_states(const MergeSpec& spec, std::span<const StateSource* const> s
 
 Status for_each_row(const Instance& inst, const ViewContext* view, const RowFilter& filter,
                     bool check_presence,
-                    const std::function<void(uint64_t, const RowKeyView&)>& fn) {
+                    const std::function<void(uint64_t, const RowKeyView&)>& fn,
+                    const storage::ViewSnapshot* batch) {
   if (view != nullptr) {
     for (const client::Tag& t : filter.where) {
       if (Status s = check_group_tag(*view, t.key, "a filter on"); !s.ok()) return s;
@@ -266,21 +351,31 @@ Status for_each_row(const Instance& inst, const ViewContext* view, const RowFilt
     return present->contains(row_id);
   };
   RowKeyView key;
-  const ipc::SeriesFn visit = [&](const ipc::SeriesEntry& e) {
-    if (!decode_row_key(e.key, &key)) return;  // not a row key: no row of any view
+  std::unordered_set<uint64_t> seen;
+  const auto visit_key = [&](uint64_t id, std::span<const std::byte> bytes, bool live) {
+    if (!decode_row_key(bytes, &key)) return;  // not a row key: no row of any view
     if (!filter.measurement.empty() && key.measurement != filter.measurement) return;
     if (!filter.field.empty() && key.field != filter.field) return;
     for (const client::Tag& want : filter.where) {
       const Tag* t = find_tag(key, want.key);
       if (t == nullptr || t->value != want.value) return;
     }
-    if (view != nullptr && !in_view(e.series_id, key)) return;
-    fn(e.series_id, key);
+    if (view != nullptr && !(live ? in_view(id, key) : may_hold(*view, key))) return;
+    if (batch != nullptr && !seen.insert(id).second) return;
+    fn(id, key);
   };
+  const ipc::SeriesFn visit = [&](const ipc::SeriesEntry& e) { visit_key(e.series_id, e.key, true); };
   if (filter.measurement.empty()) {
     inst.series().for_each(visit);
   } else {
     inst.series().for_each_in_measurement(filter.measurement, visit);
+  }
+  if (batch != nullptr) {
+    Status s = batch->for_each_series([&](uint64_t id, std::span<const std::byte> bytes) {
+      visit_key(id, bytes, false);
+      return true;
+    });
+    if (!s.ok()) return s;
   }
   return Status::Ok();
 }
@@ -320,27 +415,27 @@ Status read_bucket(const Instance& inst, std::string_view view_name, uint64_t ro
     return Status::Invalid("bucket start " + std::to_string(bucket_start_ns) +
                            " ns is not a multiple of the width " + format_duration_ns(width_ns));
   }
-  // The descriptor's widths are the definition's, in its order.
-  const ipc::EntryKey key{row_id, static_cast<uint32_t>(w - widths.begin()), bucket_start_ns};
-  std::vector<std::byte> state(v.layout.state_bytes());
-  switch (inst.live().read(v.index, key, state, nullptr)) {
-    case ipc::ReadStatus::kFound:
-      if (Status s = v.layout.validate(state); !s.ok()) {
-        return Status::Corruption("view '" + v.def.name + "', row " + std::to_string(row_id) +
-                                  ": " + s.message());
-      }
-      break;
-    case ipc::ReadStatus::kNotFound:
-      v.layout.init(state);  // no event: the empty state
-      break;
-    case ipc::ReadStatus::kBusy:
-      return Status::Busy("view '" + v.def.name + "', row " + std::to_string(row_id) +
-                          ": the bucket kept being rewritten; try again");
-    case ipc::ReadStatus::kInvalid:
-      return Status::Invalid("view '" + v.def.name + "': bad bucket key");
+  // One step of one bucket of one row: the same merge of batch and live as any query.
+  Query q;
+  q.view = std::string(view_name);
+  q.row_id = row_id;
+  q.from_ns = bucket_start_ns;
+  q.to_ns = bucket_start_ns + width_ns;
+  q.step_ns = width_ns;
+  QueryResult r;
+  if (Status s = run_query(inst, q, &r); !s.ok()) return s;
+  if (r.busy_entries != 0) {
+    return Status::Busy("view '" + v.def.name + "', row " + std::to_string(row_id) +
+                        ": the bucket kept being rewritten; try again");
   }
+  if (!r.series.empty() && !r.series.front().points.empty()) {
+    *out = r.series.front().points.front();
+    return Status::Ok();
+  }
+  std::vector<std::byte> state(v.layout.state_bytes());
+  v.layout.init(state);  // no event: the empty state
   out->ts_ns = bucket_start_ns;
-  out->count = v.layout.count(state);
+  out->count = 0;
   out->values.resize(v.layout.output_count());
   v.layout.finalize_all(state, out->values);
   return Status::Ok();
@@ -398,6 +493,15 @@ Status run_query(const Instance& inst, const Query& q, QueryResult* out) {
     if (fresh) it->second = static_cast<uint32_t>(group_index.size() - 1);
     rows.emplace_back(id, it->second);
   };
+  // The batch views, read in one snapshot paired with the live entries beyond its watermark.
+  const bool want_batch = q.sources != Query::Sources::kLiveOnly;
+  const bool want_live = q.sources != Query::Sources::kBatchOnly;
+  BatchRead batch;
+  if (want_batch) {
+    auto b = read_batch(inst, view);
+    if (!b.ok()) return b.status();
+    batch = std::move(b).value();
+  }
   if (q.row_id) {
     // A row the dictionary could not register (it was full) is still read, by id alone.
     RowKeyView key;
@@ -405,7 +509,8 @@ Status run_query(const Instance& inst, const Query& q, QueryResult* out) {
     add_row(*q.row_id, e && decode_row_key(e->key, &key) ? &key : nullptr);
   } else {
     Status s = for_each_row(inst, &view, q.rows, /*check_presence=*/false,
-                            [&](uint64_t id, const RowKeyView& key) { add_row(id, &key); });
+                            [&](uint64_t id, const RowKeyView& key) { add_row(id, &key); },
+                            batch.snapshot ? &*batch.snapshot : nullptr);
     if (!s.ok()) return s;
   }
   std::sort(rows.begin(), rows.end());
@@ -419,10 +524,27 @@ Status run_query(const Instance& inst, const Query& q, QueryResult* out) {
     group_of_row.push_back(g);
   }
 
-  const LiveSource live(inst.live(), view.index);
-  const StateSource* const sources[] = {&live};
-  const Merged merged =
-      merge_states(MergeSpec{&layout, row_ids, group_of_row, group_index.size(), steps}, sources);
+  Merged merged;
+  for (int attempt = 1;; ++attempt) {
+    const LiveSource live(inst.live(), view.index, want_batch ? batch.generation : kNoGeneration);
+    const BatchSource batch_source(batch, view);
+    std::vector<const StateSource*> sources;
+    if (want_batch) sources.push_back(&batch_source);
+    if (want_live) sources.push_back(&live);
+    merged = merge_states(MergeSpec{&layout, row_ids, group_of_row, group_index.size(), steps}, sources);
+    if (!batch_source.status().ok()) return batch_source.status();
+    // Live entries the snapshot does not cover may have left meanwhile (a newer watermark took
+    // them): then read both again, at that newer watermark.
+    if (!want_live || !want_batch || inst.live().evicted_generation(view.index) <= batch.generation) break;
+    if (attempt == kMergeAttempts) {
+      return Status::Busy("view '" + view.def.name + "': the batch layer kept absorbing what the "
+                          "query was reading through " + std::to_string(kMergeAttempts) + " attempts; try again");
+    }
+    batch = BatchRead{};  // ends the old snapshot first
+    auto b = read_batch(inst, view);
+    if (!b.ok()) return b.status();
+    batch = std::move(b).value();
+  }
   std::vector<uint64_t> rows_in_group(group_index.size(), 0);
   for (size_t i = 0; i < row_ids.size(); ++i)
     rows_in_group[group_of_row[i]] += merged.row_has_data[i];
@@ -438,6 +560,8 @@ Status run_query(const Instance& inst, const Query& q, QueryResult* out) {
   out->from_ns = steps.from_ns;
   out->to_ns = steps.to_ns;
   out->busy_entries = merged.busy;
+  out->batch_watermark_offset = batch.watermark_offset;
+  out->batch_rebuilding = batch.rebuilding;
   out->series.clear();
   std::vector<std::byte> empty(layout.state_bytes());
   layout.init(empty);

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <memory>
 #include <span>
 #include <string>
@@ -21,6 +23,7 @@
 #include "model/view.h"
 #include "model/view_router.h"
 #include "runnel/client.h"
+#include "storage/view_store.h"
 
 namespace runnel::client::internal {
 
@@ -58,6 +61,10 @@ class Instance {
   Result<const ViewContext*> find_view(std::string_view name) const;
   // Every mapping this instance holds (for the test that they are read-only).
   std::vector<std::span<const std::byte>> mappings() const;
+  // The batch views the daemon announced, opened read-only on first use (one environment per
+  // directory and process, shared); nullptr when there is no batch layer or it has not
+  // created its views yet. Errors name the directory (e.g. no write access to lock.mdb).
+  Result<std::shared_ptr<storage::ViewReader>> batch() const;
 
  private:
   struct Mappings;
@@ -65,6 +72,8 @@ class Instance {
   std::string shm_name_;
   std::unique_ptr<Mappings> m_;
   std::vector<ViewContext> views_;
+  mutable std::mutex batch_mu_;
+  mutable std::shared_ptr<storage::ViewReader> batch_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -98,17 +107,47 @@ class StateSource {
                                      const SourceEntryFn& fn) const = 0;
 };
 
-// The speed layer's live tables. Probes each row's buckets, or scans the whole view once when
-// that touches fewer slots.
+// The speed layer's live tables: entries of generations after `after_generation` (those the
+// batch views do not hold). Probes each row's buckets, or scans the whole view once when that
+// touches fewer slots.
 class LiveSource final : public StateSource {
  public:
-  LiveSource(const ipc::LiveTablesView& live, uint32_t view) : live_(live), view_(view) {}
+  LiveSource(const ipc::LiveTablesView& live, uint32_t view, uint64_t after_generation = 0)
+      : live_(live), view_(view), after_generation_(after_generation) {}
   SourceScan for_each_bucket(std::span<const uint64_t> rows, int64_t width_ns, int64_t from_ns,
                              int64_t to_ns, const SourceEntryFn& fn) const override;
 
  private:
   const ipc::LiveTablesView& live_;
   uint32_t view_;
+  uint64_t after_generation_;
+};
+
+// One consistent read of a view's batch states: a snapshot of the LMDB views, the view's
+// serving version when its definition is the live one, and the generation the watermark
+// closes (model/generation.h): live entries up to it are in the batch views.
+struct BatchRead {
+  std::optional<storage::ViewSnapshot> snapshot;
+  const storage::ViewInfo* version = nullptr;  // null: no batch states to merge for the view
+  uint64_t generation = 0;
+  uint64_t watermark_offset = 0;
+  bool rebuilding = false;  // the store holds the view, but not (yet) under this definition
+};
+Result<BatchRead> read_batch(const Instance& inst, const ViewContext& view);
+
+// The batch views' states of one view version.
+class BatchSource final : public StateSource {
+ public:
+  BatchSource(const BatchRead& batch, const ViewContext& view) : batch_(batch), view_(view) {}
+  SourceScan for_each_bucket(std::span<const uint64_t> rows, int64_t width_ns, int64_t from_ns,
+                             int64_t to_ns, const SourceEntryFn& fn) const override;
+  // The first error a scan met (a scan cannot return one).
+  const Status& status() const { return status_; }
+
+ private:
+  const BatchRead& batch_;
+  const ViewContext& view_;
+  mutable Status status_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -155,9 +194,12 @@ Merged merge_states(const MergeSpec& spec, std::span<const StateSource* const> s
 // bucket of it (one scan of the view, made only when some row is ambiguous). Without it the row
 // passes, which changes no query answer (it has no buckets in this view). Invalid when the
 // filter names a tag the view does not group by.
+// Rows the batch views named (`batch`, may be null) are visited too, once each: after a
+// restart the live dictionary only knows rows seen since.
 Status for_each_row(const Instance& inst, const ViewContext* view, const RowFilter& filter,
                     bool check_presence,
-                    const std::function<void(uint64_t, const RowKeyView&)>& fn);
+                    const std::function<void(uint64_t, const RowKeyView&)>& fn,
+                    const storage::ViewSnapshot* batch = nullptr);
 
 ViewInfo describe_view(const Instance& inst, const ViewContext& view);
 Status read_bucket(const Instance& inst, std::string_view view, uint64_t row_id, int64_t width_ns,

@@ -52,7 +52,7 @@ struct SpeedPath::Worker {
   int64_t max_ts = INT64_MIN;
   int64_t last_evict_ns = 0;
   int64_t last_pressure_evict_ns = 0;
-  uint64_t evicted_generation = 0;  // absorbed generations evicted from this shard
+  std::vector<uint64_t> evicted_generation;  // per view: absorbed generations evicted here
   std::vector<bool> view_changed;
   // One routed row update of the current batch; reserved once, reused for every batch.
   struct Pending {
@@ -116,6 +116,7 @@ Status SpeedPath::open(std::string_view batch_dir) {
       w->writers.push_back(std::move(writer.value()));
     }
     w->view_changed.assign(config_.views.size(), false);
+    w->evicted_generation.assign(config_.views.size(), 0);
     // Every record of a batch could feed every view with several fields: grows past this
     // only for wide records, once.
     w->pending.reserve(size_t{config_.speed_batch_records} * 4);
@@ -124,6 +125,8 @@ Status SpeedPath::open(std::string_view batch_dir) {
     workers_.push_back(std::move(w));
   }
   batch_.reserve(config_.speed_batch_records);
+  absorbed_generation_ = std::make_unique<std::atomic<uint64_t>[]>(config_.views.size());
+  evicted_generation_.assign(config_.views.size(), 0);
   return Status::Ok();
 }
 
@@ -179,11 +182,25 @@ Status SpeedPath::attach(std::optional<uint64_t> position) {
   return Status::Ok();
 }
 
-void SpeedPath::absorbed(uint64_t generation) {
-  absorbing_.store(true, std::memory_order_relaxed);
-  uint64_t cur = absorbed_generation_.load(std::memory_order_relaxed);
-  while (generation > cur && !absorbed_generation_.compare_exchange_weak(cur, generation, std::memory_order_relaxed)) {
+void SpeedPath::absorbed(uint32_t view, uint64_t generation) {
+  if (!absorbed_generation_ || view >= config_.views.size()) return;
+  std::atomic<uint64_t>& a = absorbed_generation_[view];
+  uint64_t cur = a.load(std::memory_order_relaxed);
+  while (generation > cur && !a.compare_exchange_weak(cur, generation, std::memory_order_relaxed)) {
   }
+}
+
+bool SpeedPath::announce_absorbed() {
+  bool any = false;
+  for (uint32_t v = 0; v < evicted_generation_.size(); ++v) {
+    const uint64_t g = absorbed_generation_[v].load(std::memory_order_relaxed);
+    if (g > evicted_generation_[v]) {
+      live_->publish_evicted_generation(v, g);
+      evicted_generation_[v] = g;
+      any = true;
+    }
+  }
+  return any;
 }
 
 void SpeedPath::start() {
@@ -272,17 +289,16 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
 
 void SpeedPath::evict(Worker& w) {
   // Absorbed generations leave first: the batch views hold them (announced by the consumer
-  // thread before this pass, see run()).
-  const uint64_t absorbed = evicted_generation_;
-  if (absorbed > w.evicted_generation) {
-    for (auto& writer : w.writers) {
-      writer.evict_if([&](const ipc::EntryMeta& m) { return m.key.generation <= absorbed; });
-    }
-    w.evicted_generation = absorbed;
+  // thread before this pass, see fold_batch()).
+  for (uint32_t v = 0; v < w.writers.size(); ++v) {
+    const uint64_t absorbed = evicted_generation_[v];
+    if (absorbed <= w.evicted_generation[v]) continue;
+    w.writers[v].evict_if([&](const ipc::EntryMeta& m) { return m.key.generation <= absorbed; });
+    w.evicted_generation[v] = absorbed;
   }
   const int64_t watermark = batch_watermark_ns_;
   if (watermark == INT64_MIN) return;
-  const bool absorbing = absorbing_.load(std::memory_order_relaxed);
+  const bool absorbing = absorbing_;
   const int64_t now = realtime_ns();
   const bool periodic = now - w.last_evict_ns >= kEvictEveryNs;
   if (now - w.last_pressure_evict_ns < kPressureEvictEveryNs && !periodic) return;
@@ -341,7 +357,7 @@ void SpeedPath::run() {
       stats_.set(ipc::Counter::kRingSpeedPos, consumer_->position());
       continue;
     }
-    if (absorbed_generation_.load(std::memory_order_relaxed) > evicted_generation_) {
+    if (announce_absorbed()) {
       batch_.clear();
       fold_batch(arena);  // evicts what the batch layer absorbed meanwhile
     }
@@ -354,13 +370,9 @@ void SpeedPath::run() {
 
 void SpeedPath::fold_batch(tbb::task_arena& arena) {
   const uint32_t shards = config_.speed_workers;
-  // Clients that read the batch views below this generation retry once they see it (the
-  // announcement precedes every eviction it covers).
-  const uint64_t absorbed = absorbed_generation_.load(std::memory_order_relaxed);
-  if (absorbed > evicted_generation_) {
-    live_->publish_evicted_generation(absorbed);
-    evicted_generation_ = absorbed;
-  }
+  // Clients that read the batch views below an announced generation retry once they see it
+  // (the announcement precedes every eviction it covers).
+  announce_absorbed();
   batch_watermark_ns_ = watermark_ns_.load(std::memory_order_relaxed);
   arena.execute([&] {
     tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t s) { process(*workers_[s], s); });

@@ -49,11 +49,13 @@ class SpeedPath {
   Status attach(std::optional<uint64_t> position = std::nullopt);
   void start();
 
-  // The batch layer absorbed every generation <= `generation` (model/generation.h): their live
-  // entries are evicted (after the announcement clients check). Once called, entries are
-  // evicted only when absorbed or, counted as forced, under memory pressure; until then (no
-  // batch layer) they leave by the live-window rule. Any thread.
-  void absorbed(uint64_t generation);
+  // With a batch layer (call before start()): entries leave when absorbed or, counted as
+  // forced, under memory pressure; without one they leave by the live-window rule.
+  void enable_absorption() { absorbing_ = true; }
+  // The batch views serve every generation <= `generation` (model/generation.h) of view
+  // `view` (its index in the configuration): those live entries are evicted, after the
+  // announcement clients check. Any thread.
+  void absorbed(uint32_t view, uint64_t generation);
   // Folds in everything placed in the ring so far, then stops. REQUIRES: producers stopped.
   Status stop_and_drain();
 
@@ -73,6 +75,8 @@ class SpeedPath {
   void run();
   // Folds batch_ into the live tables (every shard in parallel) and publishes the counters.
   void fold_batch(tbb::task_arena& arena);
+  // Announces newly absorbed generations to clients (before evicting them); true if any.
+  bool announce_absorbed();
   void process(Worker& w, uint32_t shard);
   void evict(Worker& w);
 
@@ -86,9 +90,9 @@ class SpeedPath {
   std::vector<std::unique_ptr<Worker>> workers_;  // one per shard
   std::vector<RecordRef> batch_;                  // reserved once: speed.batch_records
   std::atomic<int64_t> watermark_ns_{INT64_MIN};
-  std::atomic<uint64_t> absorbed_generation_{0};
-  std::atomic<bool> absorbing_{false};  // a batch layer takes over absorbed generations
-  uint64_t evicted_generation_ = 0;     // announced and evicted (consumer thread)
+  std::unique_ptr<std::atomic<uint64_t>[]> absorbed_generation_;  // per view
+  bool absorbing_ = false;                // a batch layer takes over absorbed generations
+  std::vector<uint64_t> evicted_generation_;  // per view: announced (consumer thread)
   int64_t batch_watermark_ns_ = INT64_MIN;  // frozen for the duration of one batch
   std::thread thread_;
   std::atomic<bool> stop_{false};

@@ -427,11 +427,9 @@ LiveViewStats LiveTablesView::stats(uint32_t view) const {
   return s;
 }
 
-uint64_t LiveTablesView::evicted_generation() const {
-  if (base_ == nullptr) return 0;
+uint64_t LiveTablesView::evicted_generation(uint32_t view) const {
   // Acquire: pairs with the release store in publish_evicted_generation().
-  return reinterpret_cast<const LiveHeader*>(base_)->evicted_generation.load(
-      std::memory_order_acquire);
+  return desc(view).evicted_generation.load(std::memory_order_acquire);
 }
 
 std::string_view LiveTablesView::batch_dir() const {
@@ -812,12 +810,12 @@ void LiveTables::end_batch(uint32_t view) {
     wake_view(d);
 }
 
-void LiveTables::publish_evicted_generation(uint64_t g) {
-  auto* h = reinterpret_cast<LiveHeader*>(shm_.data());
+void LiveTables::publish_evicted_generation(uint32_t view, uint64_t g) {
+  ViewDescriptor& d = view_.descriptors_[view];
   // Release: pairs with the acquire load in evicted_generation(); the evictions that follow
   // are published by their own seqlock writes, which come after this store.
-  if (g > h->evicted_generation.load(std::memory_order_relaxed))
-    h->evicted_generation.store(g, std::memory_order_release);
+  if (g > d.evicted_generation.load(std::memory_order_relaxed))
+    d.evicted_generation.store(g, std::memory_order_release);
 }
 
 void LiveTables::wake_waiters() {

@@ -134,9 +134,9 @@ class LiveTablesView {
 
   LiveViewStats stats(uint32_t view) const;
 
-  // Entries of generations <= this may have been evicted (the batch layer absorbed them).
-  // Acquire: a reader that found a slot emptied by such an eviction sees the new value here.
-  uint64_t evicted_generation() const;
+  // Entries of the view's generations <= this may have been evicted (the batch layer absorbed
+  // them). Acquire: a reader that found a slot emptied by such an eviction sees the new value.
+  uint64_t evicted_generation(uint32_t view) const;
   // The batch views' directory the daemon announced; empty: none.
   std::string_view batch_dir() const;
 
@@ -269,9 +269,9 @@ class LiveTables {
   // tick replaces a waiters flag: the daemon's cost is independent of what clients do.
   void wake_waiters();
 
-  // Announces, before evicting them, that entries of generations <= g may be gone (release);
-  // see LiveTablesView::evicted_generation. Never lowers the value.
-  void publish_evicted_generation(uint64_t g);
+  // Announces, before evicting them, that the view's entries of generations <= g may be gone
+  // (release); see LiveTablesView::evicted_generation. Never lowers the value.
+  void publish_evicted_generation(uint32_t view, uint64_t g);
 
   const LiveTablesView& tables() const { return view_; }
   const std::string& name() const { return shm_.name(); }

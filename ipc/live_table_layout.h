@@ -24,11 +24,7 @@ namespace runnel::ipc {
 //                                   created_unix_ns, retired
 //       48    4  view_count         0..kMaxLiveViews
 //       52    4  descriptor_bytes   sizeof(ViewDescriptor) = 320
-//       56    8  evicted_generation entries of generations <= this may have been evicted
-//                                   because the batch layer absorbed them (model/generation.h);
-//                                   stored (release) before such an eviction starts, so a
-//                                   client that read the batch views at a lower generation
-//                                   retries its query. 0: nothing absorbed was evicted.
+//       56    8  reserved
 //       64    4  batch_dir_len      0..kMaxBatchDirBytes; 0: no batch layer
 //       68    4  reserved
 //       72  184  batch_dir          the LMDB batch views' directory (DATA_DIR/views), not
@@ -55,7 +51,12 @@ namespace runnel::ipc {
 //      256    4  change_seq         futex word: +1 (release) by a worker after each batch
 //      260    4  woken_seq          change_seq as of the last FUTEX_WAKE (daemon-internal)
 //      264    8  last_wake_ns       CLOCK_MONOTONIC of that wake (daemon-internal)
-//      272   48  reserved
+//      272    8  evicted_generation entries of generations <= this may have been evicted
+//                                   because the batch layer absorbed them for this view
+//                                   (model/generation.h); stored (release) before such an
+//                                   eviction starts, so a client that read the batch views at
+//                                   a lower generation retries. 0: none evicted.
+//      280   40  reserved
 //
 // View area, at area_offset:
 //        0  S*64  ShardCounters[S]  one cache line per shard, written by its writer only
@@ -127,13 +128,12 @@ struct LiveHeader {
   ShmPrefix prefix;
   uint32_t view_count;
   uint32_t descriptor_bytes;
-  std::atomic<uint64_t> evicted_generation;
+  uint64_t reserved0;
   uint32_t batch_dir_len;
   uint32_t reserved;
   char batch_dir[kMaxBatchDirBytes];
 };
 static_assert(sizeof(LiveHeader) == kLiveHeaderBytes);
-static_assert(offsetof(LiveHeader, evicted_generation) == 56);
 static_assert(offsetof(LiveHeader, batch_dir_len) == 64);
 static_assert(offsetof(LiveHeader, batch_dir) == 72);
 static_assert(offsetof(LiveHeader, prefix) == 0);
@@ -159,7 +159,8 @@ struct alignas(64) ViewDescriptor {
   alignas(64) std::atomic<uint32_t> change_seq;
   std::atomic<uint32_t> woken_seq;
   std::atomic<int64_t> last_wake_ns;
-  uint8_t reserved2[48];
+  std::atomic<uint64_t> evicted_generation;
+  uint8_t reserved2[40];
 };
 static_assert(sizeof(ViewDescriptor) == kViewDescriptorBytes);
 static_assert(offsetof(ViewDescriptor, view_id) == 64);
@@ -177,6 +178,7 @@ static_assert(offsetof(ViewDescriptor, widths_ns) == 128);
 static_assert(offsetof(ViewDescriptor, change_seq) == 256);
 static_assert(offsetof(ViewDescriptor, woken_seq) == 260);
 static_assert(offsetof(ViewDescriptor, last_wake_ns) == 264);
+static_assert(offsetof(ViewDescriptor, evicted_generation) == 272);
 
 struct alignas(64) ShardCounters {
   std::atomic<uint64_t> entries_used;

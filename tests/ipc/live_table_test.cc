@@ -483,10 +483,10 @@ TEST(LiveTableTest, GenerationsOfOneBucketAreSeparateEntriesThatReadRangeReturns
   EXPECT_EQ(r.entries, 2u);
   EXPECT_EQ(by_generation, (std::map<uint64_t, uint64_t>{{1, 11}, {2, 22}}));
   // Absorbed generations leave; the announcement comes first and never goes back.
-  EXPECT_EQ(t.tables().evicted_generation(), 0u);
-  t.publish_evicted_generation(1);
-  t.publish_evicted_generation(0);
-  EXPECT_EQ(t.tables().evicted_generation(), 1u);
+  EXPECT_EQ(t.tables().evicted_generation(0), 0u);
+  t.publish_evicted_generation(0, 1);
+  t.publish_evicted_generation(0, 0);
+  EXPECT_EQ(t.tables().evicted_generation(0), 1u);
   EXPECT_EQ(w.evict_if([](const EntryMeta& e) { return e.key.generation <= 1; }), 1u);
   by_generation.clear();
   t.tables().read_range(0, 3, 0, 40, 50, [&](const EntryMeta& e, std::span<const std::byte>) {

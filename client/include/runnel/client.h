@@ -111,6 +111,10 @@ struct Query {
   int64_t step_ns = 0;
   std::vector<std::string> outputs;  // among the view's outputs; empty: all of them
   bool fill_empty = false;           // also return steps without data (count 0)
+  // Where states come from. kMerged (the answer): the batch views up to their watermark and
+  // the live tables beyond it, every event once. The others are for diagnosis.
+  enum class Sources { kMerged, kBatchOnly, kLiveOnly };
+  Sources sources = Sources::kMerged;
 };
 
 struct Series {
@@ -130,6 +134,11 @@ struct QueryResult {
   // Buckets skipped because the daemon kept rewriting them through every retry: the answer is
   // short by these (rare; ask again).
   uint64_t busy_entries = 0;
+  // The batch views' watermark the answer was paired with (log offset; 0: none), and whether
+  // the view's batch version is being (re)built for a new definition: the answer then holds
+  // only what the live tables have (the events after the last absorbed generation).
+  uint64_t batch_watermark_offset = 0;
+  bool batch_rebuilding = false;
 };
 
 struct Counter {
