@@ -224,7 +224,12 @@ std::string render_query(const client::Query& q, const client::QueryResult& r, F
            {"width_ns", r.width_ns},
            {"group_by", q.group_by.empty() ? Json(nullptr) : Json(q.group_by)},
            {"outputs", r.outputs},
-           {"busy_entries", r.busy_entries}};
+           {"busy_entries", r.busy_entries},
+           {"sources", q.sources == client::Query::Sources::kMerged      ? "merged"
+                       : q.sources == client::Query::Sources::kBatchOnly ? "batch"
+                                                                          : "live"},
+           {"batch_watermark_offset", r.batch_watermark_offset},
+           {"batch_rebuilding", r.batch_rebuilding}};
     Json& series = j["series"] = Json::array();
     for (const auto& s : r.series) {
       Json points = Json::array();
@@ -336,6 +341,10 @@ void QueryCommands::add_query_options(CLI::App* cmd, QueryArgs* a) {
   cmd->add_option("--step", a->step, "Step, a multiple of a bucket width (default: the finest)");
   cmd->add_option("--agg", a->agg, "Outputs to show, e.g. count,mean,p99 (default: all)");
   cmd->add_flag("--fill", a->fill, "Also show steps without data");
+  auto* batch = cmd->add_flag("--batch-only", a->batch_only,
+                              "Diagnosis: only the batch views, up to their watermark");
+  cmd->add_flag("--live-only", a->live_only, "Diagnosis: only the live tables (every generation)")
+      ->excludes(batch);
 }
 
 namespace {
@@ -372,6 +381,9 @@ Result<client::Query> build_query(const QueryArgs& a) {
   }
   q.outputs = split(a.agg, ',');
   q.fill_empty = a.fill;
+  q.sources = a.batch_only  ? client::Query::Sources::kBatchOnly
+              : a.live_only ? client::Query::Sources::kLiveOnly
+                            : client::Query::Sources::kMerged;
   return q;
 }
 

@@ -31,6 +31,8 @@ struct QueryArgs {
   std::string step;
   std::string agg;  // comma-separated outputs
   bool fill = false;
+  bool batch_only = false;  // diagnosis: only the batch views (LMDB)
+  bool live_only = false;   // diagnosis: only the live tables
 };
 
 // Registers the subcommands on `app`; after parsing, run() executes the one that was given.
