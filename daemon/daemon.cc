@@ -1,5 +1,6 @@
 // Daemon start-up and shutdown order: lock the data directory, stats, log recovery, ring
-// validation and recovery, journal, listeners. Shutdown runs it backwards and drains the ring.
+// validation and recovery, journal, batch layer, speed path, listeners. Shutdown runs it
+// backwards (the batch layer first) and drains the ring.
 #include "daemon/daemon.h"
 
 #include <fcntl.h>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <spdlog/spdlog.h>
 
+#include "daemon/batch_layer.h"
 #include "daemon/ingest_loop.h"
 #include "daemon/journal.h"
 #include "daemon/speed_path.h"
@@ -113,9 +115,30 @@ Status Daemon::start() {
   spdlog::info("log {}: {} segment(s), end offset {}", lo.dir.string(), report.segments,
                report.end_offset);
   if (Status s = journal_->attach(); !s.ok()) return s;
-  journal_->start(config_.debug_journal_hold_ms);
 
-  // 3. The speed path: new live tables, fed from the ring (also what an earlier run left).
+  // 3. The batch layer, on the recovered log: its watermark is known before the speed path
+  // starts. Only an unusable data directory stops start-up (see batch_layer.h).
+  if (config_.batch_enabled) {
+    BatchLayerOptions bo;
+    bo.data_dir = config_.data_dir;
+    bo.views = config_.views;
+    bo.interval_ms = config_.batch_interval_ms;
+    bo.memory_budget_bytes = config_.batch_memory_budget_bytes;
+    bo.initial_map_bytes = config_.batch_initial_map_bytes;
+    bo.max_map_bytes = config_.batch_max_map_bytes;
+    bo.bucket_retention = config_.batch_retention;
+    bo.log_retention = config_.log_retention;
+    bo.remove_log_segments_below = [j = journal_.get()](uint64_t offset) {
+      j->request_segment_removal(offset);
+    };
+    batch_ = std::make_unique<BatchLayer>(std::move(bo), sb);
+    if (Status s = batch_->open(); !s.ok()) return s;
+    journal_->set_on_segment_sealed([b = batch_.get()] { b->poke(); });
+  }
+  journal_->start(config_.debug_journal_hold_ms);
+  if (batch_) batch_->start();
+
+  // 4. The speed path: new live tables, fed from the ring (also what an earlier run left).
   if (config_.speed_enabled) {
     speed_ = std::make_unique<SpeedPath>(config_, *ring_, sb);
     if (Status s = speed_->open(); !s.ok()) return s;
@@ -127,7 +150,7 @@ Status Daemon::start() {
     c->detach();
   }
 
-  // 4. Listeners, last: READY follows.
+  // 5. Listeners, last: READY follows.
   ingest_ = std::make_unique<IngestLoop>(config_, *ring_, sb);
   if (Status s = ingest_->open(); !s.ok()) return s;
   ingest_thread_ = std::thread([this] {
@@ -143,6 +166,7 @@ Status Daemon::start() {
 Status Daemon::stop() {
   if (stopped_) return Status::Ok();
   stopped_ = true;
+  if (batch_) batch_->stop();  // commits the step in progress; the rest waits for the next start
   if (ingest_) {
     ingest_->request_stop();
     if (ingest_thread_.joinable()) ingest_thread_.join();

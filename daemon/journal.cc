@@ -72,8 +72,36 @@ void Journal::start(uint32_t hold_ms) {
   });
 }
 
+void Journal::request_segment_removal(uint64_t log_offset) {
+  uint64_t cur = removal_request_.load(std::memory_order_relaxed);
+  while (cur < log_offset && !removal_request_.compare_exchange_weak(cur, log_offset)) {
+  }
+}
+
+void Journal::remove_requested_segments() {
+  const uint64_t below = removal_request_.exchange(0);
+  if (below == 0 || !writer_) return;
+  auto removed = writer_->remove_sealed_segments_below(below);
+  if (!removed.ok()) {
+    stats_.add(ipc::Counter::kLogErrors, 1);
+    spdlog::error("journal: log retention: {}", removed.status().ToString());
+    return;
+  }
+  if (*removed > 0) {
+    stats_.add(ipc::Counter::kLogSegmentsDeleted, *removed);
+    spdlog::info("log retention: deleted {} sealed segment(s) below log offset {}", *removed, below);
+  }
+}
+
 void Journal::publish_stats() {
   if (writer_) {
+    if (writer_->active_segment() != active_segment_) {
+      if (!active_segment_.empty()) {
+        stats_.add(ipc::Counter::kLogSegmentsRolled, 1);
+        if (on_segment_sealed_) on_segment_sealed_();
+      }
+      active_segment_ = writer_->active_segment();
+    }
     stats_.set(ipc::Counter::kLogWrittenOffset, writer_->written_offset());
     stats_.set(ipc::Counter::kLogDurableOffset, writer_->durable_offset());
   }
@@ -151,6 +179,7 @@ void Journal::run() {
     size_t records = 0;
     const bool ok = writer_ != nullptr && write_batch(&records);
     publish_stats();
+    remove_requested_segments();
     if (!ok) {
       if (stop_.load() || !final_status_.ok()) {
         // Stopping with a failing disk: the records stay in the shared-memory ring, which
