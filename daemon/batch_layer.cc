@@ -148,9 +148,14 @@ void BatchLayer::run() {
   lower_priority();
   while (!stop_.load(std::memory_order_relaxed)) {
     const bool more = tick();
+    // After failed ticks the wait doubles (up to a minute, or the interval if longer), so a
+    // full map or a failing disk is not re-read from the watermark every interval.
+    const int64_t wait_ms =
+        std::min<int64_t>(int64_t{options_.interval_ms} << std::min(failed_ticks_, 10u),
+                          std::max<int64_t>(options_.interval_ms, kErrorLogPeriodMs));
     std::unique_lock lock(mu_);
     if (!more) {
-      cv_.wait_for(lock, std::chrono::milliseconds(options_.interval_ms),
+      cv_.wait_for(lock, std::chrono::milliseconds(wait_ms),
                    [&] { return poked_ || stop_.load(std::memory_order_relaxed); });
     }
     poked_ = false;
@@ -161,6 +166,7 @@ bool BatchLayer::tick() {
   if (!store_) {
     if (Status s = open_store(); !s.ok()) {
       report_error("cannot open the batch views", s);
+      ++failed_ticks_;
       return false;
     }
     spdlog::info("batch views opened; compaction resumes");
@@ -188,6 +194,7 @@ bool BatchLayer::tick() {
   }
   track_versions();
   if (!stop_.load(std::memory_order_relaxed)) apply_retention();
+  failed_ticks_ = failed ? failed_ticks_ + 1 : 0;
   if (!failed && in_error_) {
     spdlog::info("batch: compaction recovered ({} failed ticks not logged)", errors_not_logged_);
     in_error_ = false;

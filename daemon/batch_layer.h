@@ -56,7 +56,7 @@ inline constexpr char kRebuildRequestPrefix[] = "rebuild-";
 // Errors after start (map full at batch.max_map_bytes, disk full, I/O errors, corruption) are
 // logged (the first at once, then at most once a minute with a count) and counted in
 // batch_errors; nothing is deleted from the log that is not absorbed, and the next tick
-// retries from the watermark.
+// retries from the watermark (after failed ticks the wait doubles, up to a minute).
 //
 // Threads: the owner (the daemon's main thread) calls open(), start() and stop();
 // watermark(), set_on_absorbed() and poke() are thread-safe. Counters of the batch group are
@@ -112,6 +112,7 @@ class BatchLayer {
   int64_t last_error_log_ms_ = INT64_MIN;
   uint64_t errors_not_logged_ = 0;
   bool in_error_ = false;
+  unsigned failed_ticks_ = 0;  // consecutive; lengthens the wait between ticks
 
   mutable std::mutex mu_;  // guards watermark_, on_absorbed_, poked_
   std::condition_variable cv_;

@@ -95,12 +95,10 @@ void Journal::remove_requested_segments() {
 
 void Journal::publish_stats() {
   if (writer_) {
-    if (writer_->active_segment() != active_segment_) {
-      if (!active_segment_.empty()) {
-        stats_.add(ipc::Counter::kLogSegmentsRolled, 1);
-        if (on_segment_sealed_) on_segment_sealed_();
-      }
-      active_segment_ = writer_->active_segment();
+    if (const uint64_t sealed = writer_->segments_sealed(); sealed > sealed_seen_) {
+      stats_.add(ipc::Counter::kLogSegmentsRolled, sealed - sealed_seen_);
+      sealed_seen_ = sealed;
+      if (on_segment_sealed_) on_segment_sealed_();
     }
     stats_.set(ipc::Counter::kLogWrittenOffset, writer_->written_offset());
     stats_.set(ipc::Counter::kLogDurableOffset, writer_->durable_offset());
@@ -115,6 +113,7 @@ Status Journal::reopen() {
   auto w = storage::LogWriter::open(options_, &report);
   if (!w.ok()) return w.status();
   writer_ = std::move(w.value());
+  sealed_seen_ = 0;
   if (report.cut) {
     spdlog::warn("journal: log reopened, cut {} bytes at offset {}: {}", report.cut->bytes,
                  report.cut->log_offset, report.cut->reason);

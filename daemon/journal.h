@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -75,7 +74,7 @@ class Journal {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> removal_request_{0};  // 0: none; see request_segment_removal()
   std::function<void()> on_segment_sealed_;
-  std::filesystem::path active_segment_;  // to notice rolls
+  uint64_t sealed_seen_ = 0;  // writer_->segments_sealed() already counted
   Status final_status_;
 };
 

@@ -144,7 +144,7 @@ TEST(BatchLayerTest, CompactsSealedSegmentsOnItsOwnWithIncreasingWatermarks) {
 }
 
 TEST(BatchLayerTest, StopIsPromptWhileIdleAndWhileCompacting) {
-  DataDir data(20000);
+  DataDir data(8000);
   BatchLayerOptions o = data.options();
   o.interval_ms = 3'600'000;
   o.max_step_records = 1;  // one commit per record: the pass takes far longer than the test
