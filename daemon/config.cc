@@ -16,8 +16,8 @@ namespace {
 constexpr std::string_view kDefaultConfig = R"toml(# runneld configuration. Every key is optional; shown are the defaults.
 
 [daemon]
-# Where the durable log (and later the batch views) live. Under systemd the default is
-# $STATE_DIRECTORY; otherwise ./runnel-data.
+# Where the durable log (log/), the batch views (views/) and rebuild requests (control/)
+# live. Under systemd the default is $STATE_DIRECTORY; otherwise ./runnel-data.
 data_dir = ""
 # Name of the POSIX shared-memory objects (/dev/shm/<shm_name>.ring, <shm_name>.stats).
 shm_name = "runnel"
