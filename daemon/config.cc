@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cstdlib>
 #include <stdexcept>
@@ -16,8 +17,8 @@ namespace {
 constexpr std::string_view kDefaultConfig = R"toml(# runneld configuration. Every key is optional; shown are the defaults.
 
 [daemon]
-# Where the durable log (and later the batch views) live. Under systemd the default is
-# $STATE_DIRECTORY; otherwise ./runnel-data.
+# Where the durable log (log/), the batch views (views/) and rebuild requests (control/)
+# live. Under systemd the default is $STATE_DIRECTORY; otherwise ./runnel-data.
 data_dir = ""
 # Name of the POSIX shared-memory objects (/dev/shm/<shm_name>.ring, <shm_name>.stats).
 shm_name = "runnel"
@@ -42,6 +43,10 @@ udp_rcvbuf_bytes = 8388608
 [ring]
 # Shared-memory ring between ingest, the journal and the speed path. Power of two, bytes.
 capacity_bytes = 67108864
+# Ring bytes per generation, a power of two (4096 .. 2^40): the unit in which the batch layer
+# takes over from the live tables (a compaction step ends only between generations). Applies
+# to a newly created ring (a ring left by a crash keeps its own).
+generation_bytes = 33554432
 # Permissions and group of the shared-memory objects ("" = the daemon's own group).
 mode = "0640"
 group = ""
@@ -53,6 +58,12 @@ segment_bytes = 268435456
 # fsync_interval_ms; never: leave it to the kernel.
 fsync = "interval"
 fsync_interval_ms = 1000
+# Log retention. Only segments the batch views have absorbed (and no rebuild still needs) are
+# ever deleted, oldest first. Delete absorbed segments last written longer ago than this
+# ("7d", "12h"; "0" = off)...
+retention_max_age = "0"
+# ... and while the log is larger than this many bytes (0 = off).
+retention_max_bytes = 0
 
 [speed]
 # false: ingest and the durable log only, no live tables.
@@ -61,6 +72,22 @@ enabled = true
 workers = 2
 # Ring records handed to the workers per step.
 batch_records = 8192
+
+[batch]
+# false: no batch views (the log is then never deleted by retention).
+enabled = true
+# How often compaction looks for newly sealed log segments when idle, milliseconds.
+interval_ms = 1000
+# Partial states held in memory per compaction step; a larger budget merges more per commit.
+memory_budget_bytes = 134217728
+# The LMDB map (DATA_DIR/views/data.mdb) starts at initial_map_bytes and doubles as needed up
+# to max_map_bytes. At the ceiling compaction stops with a "map full" error (counter
+# batch_map_full) and resumes once this is raised or retention frees room; no data is lost.
+initial_map_bytes = 67108864
+max_map_bytes = 68719476736
+# Bucket retention, "WIDTH:KEEP": buckets of widths up to WIDTH are deleted once their start
+# is older than KEEP ("0" = forever). Wider buckets than every rule are kept forever.
+retention = ["1s:1d", "1m:30d", "1h:0"]
 
 # Views: declare any number of [[view]] tables (keys below). With none, one view named
 # "default" covers every measurement and numeric field per series at 1s, 1m and 1h with
@@ -171,6 +198,44 @@ std::vector<std::string> string_list(const toml::table& t, std::string_view key,
     out.push_back(*s);
   }
   return out;
+}
+
+// A duration string, or "0" for off (returns 0).
+int64_t get_duration_or_off(const toml::table& t, std::string_view path) {
+  const std::string text = get<std::string>(t, path);
+  if (text == "0") return 0;
+  auto d = parse_duration_ns(text);
+  if (!d.ok()) fail("config", "key '" + std::string(path) + "': " + d.status().message() + " (\"0\" = off)");
+  return d.value();
+}
+
+// batch.retention: ["WIDTH:KEEP", ...], sorted by width, each width once.
+storage::BucketRetention load_bucket_retention(const toml::table& t) {
+  storage::BucketRetention r;
+  r.rules.clear();
+  for (const auto& rule : string_list(t, "batch.retention", "[batch]")) {
+    const auto colon = rule.find(':');
+    const auto bad = [&](const std::string& why) {
+      fail("config", "key 'batch.retention': '" + rule + "': " + why +
+                         " (expected \"WIDTH:KEEP\", e.g. \"1m:30d\"; KEEP \"0\" = forever)");
+    };
+    if (colon == std::string::npos) bad("no ':'");
+    auto width = parse_duration_ns(rule.substr(0, colon));
+    if (!width.ok()) bad(width.status().message());
+    int64_t keep = 0;
+    if (const std::string k = rule.substr(colon + 1); k != "0") {
+      auto d = parse_duration_ns(k);
+      if (!d.ok()) bad(d.status().message());
+      keep = d.value();
+    }
+    for (const auto& other : r.rules) {
+      if (other.max_width_ns == width.value()) bad("width given twice");
+    }
+    r.rules.push_back({width.value(), keep});
+  }
+  std::sort(r.rules.begin(), r.rules.end(),
+            [](const auto& a, const auto& b) { return a.max_width_ns < b.max_width_ns; });
+  return r;
 }
 
 std::vector<ViewDef> load_views(const toml::table& t) {
@@ -380,6 +445,12 @@ Config load_config(const std::optional<std::filesystem::path>& path, const Confi
   if (c.ring_capacity_bytes < 4ull * c.max_line_bytes * 4) {
     fail("config", "key 'ring.capacity_bytes' must be at least 16 x ingest.max_line_bytes");
   }
+  const uint64_t generation_bytes = get_positive(t, "ring.generation_bytes", 4096, 1ull << 40);
+  if ((generation_bytes & (generation_bytes - 1)) != 0) {
+    fail("config", "key 'ring.generation_bytes' = " + std::to_string(generation_bytes) +
+                       " must be a power of two");
+  }
+  c.ring_generation_shift = static_cast<uint32_t>(std::countr_zero(generation_bytes));
   std::string mode = get<std::string>(t, "ring.mode");
   unsigned m = 0;
   auto [p, ec] = std::from_chars(mode.data(), mode.data() + mode.size(), m, 8);
@@ -409,6 +480,18 @@ Config load_config(const std::optional<std::filesystem::path>& path, const Confi
   }
   c.speed_batch_records =
       static_cast<uint32_t>(get_positive(t, "speed.batch_records", 1, 1u << 20));
+  c.log_retention.max_age_ns = get_duration_or_off(t, "log.retention_max_age");
+  c.log_retention.max_total_bytes = get_positive(t, "log.retention_max_bytes", 0, UINT64_MAX >> 1);
+  c.batch_enabled = get<bool>(t, "batch.enabled");
+  c.batch_interval_ms = static_cast<uint32_t>(get_positive(t, "batch.interval_ms", 1, 3600u * 1000));
+  c.batch_memory_budget_bytes = get_positive(t, "batch.memory_budget_bytes", 1u << 20, 1ull << 40);
+  c.batch_initial_map_bytes = get_positive(t, "batch.initial_map_bytes", 1u << 16, 1ull << 44);
+  c.batch_max_map_bytes = get_positive(t, "batch.max_map_bytes", 1u << 16, 1ull << 44);
+  if (c.batch_initial_map_bytes > c.batch_max_map_bytes) {
+    fail("config", "key 'batch.initial_map_bytes' = " + std::to_string(c.batch_initial_map_bytes) +
+                       " exceeds batch.max_map_bytes = " + std::to_string(c.batch_max_map_bytes));
+  }
+  c.batch_retention = load_bucket_retention(t);
   c.views = load_views(t);
   c.debug_journal_hold_ms = o.debug_journal_hold_ms;
   return c;

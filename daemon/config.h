@@ -11,6 +11,8 @@
 
 #include "model/line_protocol.h"
 #include "model/view.h"
+#include "storage/compactor.h"
+#include "storage/view_store.h"
 
 namespace runnel {
 
@@ -48,14 +50,23 @@ struct Config {
   uint64_t ring_capacity_bytes = 0;
   uint32_t ring_mode = 0;
   std::string ring_group;  // group owning the shared-memory objects; empty = the daemon's
+  uint32_t ring_generation_shift = 0;  // log2 of ring.generation_bytes (model/generation.h)
   // [log]
   uint64_t segment_bytes = 0;
   FsyncPolicyKind fsync = FsyncPolicyKind::kInterval;
   uint32_t fsync_interval_ms = 0;
+  storage::SegmentRetention log_retention;  // retention_max_age, retention_max_bytes (0: off)
   // [speed]
   bool speed_enabled = true;
   uint32_t speed_workers = 0;  // a power of two
   uint32_t speed_batch_records = 0;
+  // [batch]
+  bool batch_enabled = true;
+  uint32_t batch_interval_ms = 0;  // compaction tick when idle
+  uint64_t batch_memory_budget_bytes = 0;
+  uint64_t batch_initial_map_bytes = 0;
+  uint64_t batch_max_map_bytes = 0;
+  storage::BucketRetention batch_retention;  // rules sorted by width
   // [[view]]; default_view() when none is declared. Validated, names unique.
   std::vector<ViewDef> views;
   // Testing aid, command line only: the journal leaves the ring alone for this long after

@@ -1,5 +1,6 @@
 // Daemon start-up and shutdown order: lock the data directory, stats, log recovery, ring
-// validation and recovery, journal, listeners. Shutdown runs it backwards and drains the ring.
+// validation and recovery, journal, batch layer, speed path, listeners. Shutdown runs it
+// backwards (the batch layer first) and drains the ring.
 #include "daemon/daemon.h"
 
 #include <fcntl.h>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <spdlog/spdlog.h>
 
+#include "daemon/batch_layer.h"
 #include "daemon/ingest_loop.h"
 #include "daemon/journal.h"
 #include "daemon/speed_path.h"
@@ -99,12 +101,13 @@ Status Daemon::start() {
   ro.mode = config_.ring_mode;
   if (gid >= 0) ro.gid = static_cast<gid_t>(gid);
   const uint64_t last_epoch = journal_->last_logged_epoch();
-  ro.epoch = last_epoch + 1;
+  ro.epoch = make_ring_epoch(epoch_counter(last_epoch) + 1, config_.ring_generation_shift);
   const std::string ring_name = config_.shm_name + ".ring";
   auto ring = ipc::Ring::open_or_create(ring_name, config_.ring_capacity_bytes, ro);
   if (!ring.ok()) return ring.status();
   ring_ = std::make_unique<ipc::Ring>(std::move(ring.value()));
-  if (ring_->epoch() < last_epoch || ring_->epoch() > kMaxGenerationEpoch) {
+  if (epoch_counter(ring_->epoch()) < epoch_counter(last_epoch) || ring_->epoch() > kMaxGenerationEpoch ||
+      epoch_generation_shift(ring_->epoch()) < 12) {
     return Status::Invalid(fmt::format(
         "ring {} has epoch {:#x}, which cannot follow the log's last epoch {:#x} (a ring of another "
         "data directory or of an older runneld); stop whatever uses it and remove /dev/shm/{}",
@@ -125,13 +128,58 @@ Status Daemon::start() {
   sb.set(ipc::Counter::kRingCapacity, config_.ring_capacity_bytes);
 
   if (Status s = journal_->attach(*ring_); !s.ok()) return s;
-  journal_->start(config_.debug_journal_hold_ms);
 
-  // 3. The speed path: new live tables, fed from the ring (also what an earlier run left).
+  // 3. The batch layer, on the recovered log: its watermark is known before the speed path
+  // starts. Only an unusable data directory stops start-up (see batch_layer.h).
+  if (config_.batch_enabled) {
+    BatchLayerOptions bo;
+    bo.data_dir = config_.data_dir;
+    bo.views = config_.views;
+    bo.interval_ms = config_.batch_interval_ms;
+    bo.memory_budget_bytes = config_.batch_memory_budget_bytes;
+    bo.initial_map_bytes = config_.batch_initial_map_bytes;
+    bo.max_map_bytes = config_.batch_max_map_bytes;
+    bo.bucket_retention = config_.batch_retention;
+    bo.log_retention = config_.log_retention;
+    bo.remove_log_segments_below = [j = journal_.get()](uint64_t offset) {
+      j->request_segment_removal(offset);
+    };
+    batch_ = std::make_unique<BatchLayer>(std::move(bo), sb);
+    if (Status s = batch_->open(); !s.ok()) return s;
+    journal_->set_on_segment_sealed([b = batch_.get()] { b->poke(); });
+  }
+  journal_->start(config_.debug_journal_hold_ms);
+  if (batch_) batch_->start();
+
+  // 4. The speed path: new live tables, fed from the ring (also what an earlier run left).
   if (config_.speed_enabled) {
     speed_ = std::make_unique<SpeedPath>(config_, *ring_, sb);
-    if (Status s = speed_->open(); !s.ok()) return s;
-    if (Status s = speed_->attach(); !s.ok()) return s;
+    std::string batch_dir;
+    if (batch_) {
+      std::error_code ec;
+      batch_dir = std::filesystem::absolute(config_.data_dir / "views", ec).lexically_normal().string();
+    }
+    if (Status s = speed_->open(batch_dir); !s.ok()) return s;
+    if (batch_) {
+      // The live tables are new: they get back exactly what the batch views lack, the log
+      // beyond the watermark, and then follow the ring from where the journal stands.
+      speed_->enable_absorption();
+      if (!journal_->wait_recovered(std::chrono::minutes(5))) {
+        return Status::Busy("the journal did not log the ring records of the earlier run within 5 minutes");
+      }
+      if (Status s = speed_->replay(lo.dir, batch_->watermark().log_offset); !s.ok()) return s;
+      if (Status s = speed_->attach(ring_->claim_position()); !s.ok()) return s;
+      // A view's absorbed live entries leave once its batch version serves (see BatchLayer).
+      batch_->set_on_absorbed([sp = speed_.get()](const storage::Watermark& wm, const std::vector<bool>& serving) {
+        if (wm.records == 0) return;
+        const uint64_t g = generation_of(wm.ring_epoch, wm.ring_pos);
+        for (uint32_t v = 0; v < serving.size(); ++v) {
+          if (serving[v]) sp->absorbed(v, g);
+        }
+      });
+    } else if (Status s = speed_->attach(); !s.ok()) {
+      return s;
+    }
     speed_->start();
   } else {
     // A speed consumer left active by an earlier run must not gate producers forever.
@@ -140,7 +188,7 @@ Status Daemon::start() {
     c->detach();
   }
 
-  // 4. Listeners, last: READY follows.
+  // 5. Listeners, last: READY follows.
   ingest_ = std::make_unique<IngestLoop>(config_, *ring_, sb);
   if (Status s = ingest_->open(); !s.ok()) return s;
   ingest_thread_ = std::thread([this] {
@@ -156,6 +204,7 @@ Status Daemon::start() {
 Status Daemon::stop() {
   if (stopped_) return Status::Ok();
   stopped_ = true;
+  if (batch_) batch_->stop();  // commits the step in progress; the rest waits for the next start
   if (ingest_) {
     ingest_->request_stop();
     if (ingest_thread_.joinable()) ingest_thread_.join();

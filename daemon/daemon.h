@@ -16,6 +16,7 @@ namespace ipc {
 class Ring;
 class StatsSegment;
 }  // namespace ipc
+class BatchLayer;
 class IngestLoop;
 class Journal;
 class SpeedPath;
@@ -47,6 +48,7 @@ class Daemon {
   std::unique_ptr<ipc::StatsSegment> stats_;
   std::unique_ptr<ipc::Ring> ring_;
   std::unique_ptr<Journal> journal_;
+  std::unique_ptr<BatchLayer> batch_;  // null when [batch] enabled = false
   std::unique_ptr<SpeedPath> speed_;
   std::unique_ptr<IngestLoop> ingest_;
   std::thread ingest_thread_;

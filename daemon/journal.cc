@@ -88,8 +88,34 @@ void Journal::start(uint32_t hold_ms) {
   });
 }
 
+void Journal::request_segment_removal(uint64_t log_offset) {
+  uint64_t cur = removal_request_.load(std::memory_order_relaxed);
+  while (cur < log_offset && !removal_request_.compare_exchange_weak(cur, log_offset)) {
+  }
+}
+
+void Journal::remove_requested_segments() {
+  const uint64_t below = removal_request_.exchange(0);
+  if (below == 0 || !writer_) return;
+  auto removed = writer_->remove_sealed_segments_below(below);
+  if (!removed.ok()) {
+    stats_.add(ipc::Counter::kLogErrors, 1);
+    spdlog::error("journal: log retention: {}", removed.status().ToString());
+    return;
+  }
+  if (*removed > 0) {
+    stats_.add(ipc::Counter::kLogSegmentsDeleted, *removed);
+    spdlog::info("log retention: deleted {} sealed segment(s) below log offset {}", *removed, below);
+  }
+}
+
 void Journal::publish_stats() {
   if (writer_) {
+    if (const uint64_t sealed = writer_->segments_sealed(); sealed > sealed_seen_) {
+      stats_.add(ipc::Counter::kLogSegmentsRolled, sealed - sealed_seen_);
+      sealed_seen_ = sealed;
+      if (on_segment_sealed_) on_segment_sealed_();
+    }
     stats_.set(ipc::Counter::kLogWrittenOffset, writer_->written_offset());
     stats_.set(ipc::Counter::kLogDurableOffset, writer_->durable_offset());
   }
@@ -103,6 +129,7 @@ Status Journal::reopen() {
   auto w = storage::LogWriter::open(options_, &report);
   if (!w.ok()) return w.status();
   writer_ = std::move(w.value());
+  sealed_seen_ = 0;
   if (report.cut) {
     spdlog::warn("journal: log reopened, cut {} bytes at offset {}: {}", report.cut->bytes,
                  report.cut->log_offset, report.cut->reason);
@@ -168,6 +195,7 @@ void Journal::run() {
     size_t records = 0;
     const bool ok = writer_ != nullptr && write_batch(&records);
     publish_stats();
+    remove_requested_segments();
     if (!ok) {
       if (stop_.load() || !final_status_.ok()) {
         // Stopping with a failing disk: the records stay in the shared-memory ring, which

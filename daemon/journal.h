@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -49,12 +50,23 @@ class Journal {
 
   uint64_t log_end_offset() const { return writer_ ? writer_->end_offset() : 0; }
 
+  // Log retention, from any thread: asks the journal thread to delete the sealed segments that
+  // end at or below `log_offset` (LogWriter::remove_sealed_segments_below). LogWriter is not
+  // thread-safe (the active segment changes on the journal thread), so the journal thread does
+  // it between batches, within ~50 ms when idle. The highest pending offset wins; requests
+  // made after stop_and_drain() are ignored. Counted in log_segments_deleted (errors: log_errors).
+  void request_segment_removal(uint64_t log_offset);
+  // Called on the journal thread after the writer sealed a segment (rolled to a new one), so
+  // compaction can start at once. REQUIRES: set before start(); fn must not block.
+  void set_on_segment_sealed(std::function<void()> fn) { on_segment_sealed_ = std::move(fn); }
+
  private:
   void run();
   // Writes the batch and applies the fsync policy; false after a failure (writer reopened).
   bool write_batch(size_t* records);
   Status reopen();
   void publish_stats();
+  void remove_requested_segments();
 
   ipc::Ring* ring_ = nullptr;
   std::atomic<uint64_t> position_{0};  // the consumer's position, for other threads
@@ -68,6 +80,9 @@ class Journal {
   uint64_t recovered_end_ = 0;  // ring records before this position were left by an earlier run
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> removal_request_{0};  // 0: none; see request_segment_removal()
+  std::function<void()> on_segment_sealed_;
+  uint64_t sealed_seen_ = 0;  // writer_->segments_sealed() already counted
   Status final_status_;
 };
 

@@ -49,6 +49,7 @@ enum class Counter : uint32_t {
   kRingClaimPos,           // gauge: ring claim cursor
   kRingJournalPos,         // gauge: journal consumer position
   kRingCapacity,           // gauge
+  kLogSegmentsDeleted,     // sealed segments removed by log retention (the journal deletes them)
   kJournalGroupEnd,
   // --- written by the speed path's consumer thread (own cache lines) ---
   kSpeedRecords = 48,      // ring records folded into the live tables
@@ -58,7 +59,27 @@ enum class Counter : uint32_t {
   kRingSpeedPos,           // gauge: speed path consumer position
   kSpeedForcedEvictions,   // live entries evicted early because a table was under pressure
   kSpeedGroupEnd,
-  kCount = 64,
+  // --- written by the batch layer's compaction thread (own cache lines) ---
+  kBatchWatermarkOffset = 64,  // gauge: log offset below which every record is in the views
+  kBatchRecordsAbsorbed,       // gauge: log records absorbed in total (kept across restarts)
+  kBatchSteps,                 // compaction and rebuild steps committed since start
+  kBatchLagBytes,              // gauge: log_written_offset minus the watermark
+  kBatchErrors,                // failed compaction ticks (retried next tick; see the log)
+  kBatchMapFull,               // steps refused at batch.max_map_bytes
+  kBatchMapBytes,              // gauge: current LMDB map size
+  kBatchMapGrows,
+  kBatchRebuildsStarted,       // new versions begun (changed definition, new view, request)
+  kBatchRebuildsFinished,      // versions made current after a rebuild
+  kBatchViewsBuilding,         // gauge: views with a version being built
+  kBatchRebuildRequests,       // `runnelctl rebuild` requests picked up
+  kBatchRebuildRejected,       // ... naming no configured view
+  kBatchBucketsExpired,        // buckets deleted by bucket retention
+  kBatchVersionsDropped,       // retired versions whose databases were dropped
+  kBatchInvalidRecords,        // CRC-valid log records that are not valid events (skipped)
+  kBatchUnavailable,           // gauge: 1 while the view store cannot be opened (see the log)
+  kBatchLastCommitNs,          // gauge: CLOCK_REALTIME of the watermark's last commit
+  kBatchGroupEnd,
+  kCount = 128,
 };
 
 constexpr std::string_view counter_name(Counter c) {
@@ -99,11 +120,30 @@ constexpr std::string_view counter_name(Counter c) {
     case Counter::kSpeedWatermarkNs: return "speed_watermark_ns";
     case Counter::kRingSpeedPos: return "ring_speed_pos";
     case Counter::kSpeedForcedEvictions: return "speed_forced_evictions";
+    case Counter::kLogSegmentsDeleted: return "log_segments_deleted";
+    case Counter::kBatchWatermarkOffset: return "batch_watermark_offset";
+    case Counter::kBatchRecordsAbsorbed: return "batch_records_absorbed";
+    case Counter::kBatchSteps: return "batch_steps";
+    case Counter::kBatchLagBytes: return "batch_lag_bytes";
+    case Counter::kBatchErrors: return "batch_errors";
+    case Counter::kBatchMapFull: return "batch_map_full";
+    case Counter::kBatchMapBytes: return "batch_map_bytes";
+    case Counter::kBatchMapGrows: return "batch_map_grows";
+    case Counter::kBatchRebuildsStarted: return "batch_rebuilds_started";
+    case Counter::kBatchRebuildsFinished: return "batch_rebuilds_finished";
+    case Counter::kBatchViewsBuilding: return "batch_views_building";
+    case Counter::kBatchRebuildRequests: return "batch_rebuild_requests";
+    case Counter::kBatchRebuildRejected: return "batch_rebuild_requests_rejected";
+    case Counter::kBatchBucketsExpired: return "batch_buckets_expired";
+    case Counter::kBatchVersionsDropped: return "batch_versions_dropped";
+    case Counter::kBatchInvalidRecords: return "batch_invalid_records";
+    case Counter::kBatchUnavailable: return "batch_unavailable";
+    case Counter::kBatchLastCommitNs: return "batch_last_commit_ns";
     default: return {};
   }
 }
 
-// Shared-memory layout of /dev/shm/<shm_name>.stats (little-endian, 576 bytes):
+// Shared-memory layout of /dev/shm/<shm_name>.stats (little-endian, 1088 bytes):
 //
 //   off  size  field
 //     0     8  magic            "RNLSTAT1" (kStatsMagic)
@@ -113,13 +153,15 @@ constexpr std::string_view counter_name(Counter c) {
 //    24     8  started_ns       CLOCK_REALTIME at daemon start
 //    32     8  heartbeat_ns     CLOCK_REALTIME, refreshed ~every 100 ms by the ingest loop
 //    40    24  reserved
-//    64   512  counters[64]     u64 each; [0, 24) ingest threads, [24, 48) journal thread,
-//                               [48, 64) speed path, so each writer group owns its cache lines
+//    64  1024  counters[128]    u64 each; [0, 24) ingest threads, [24, 48) journal thread,
+//                               [48, 64) speed path, [64, 96) batch layer's compaction
+//                               thread, [96, 128) reserved (0), so each writer group owns its
+//                               cache lines
 //
 // Writers use relaxed atomics: counters are monotonic (or gauges) and readers only need each
 // value to be untorn, not a consistent snapshot across counters.
 inline constexpr uint64_t kStatsMagic = 0x31544154534c4e52ull;  // "RNLSTAT1"
-inline constexpr uint32_t kStatsLayoutVersion = 2;
+inline constexpr uint32_t kStatsLayoutVersion = 3;
 
 struct alignas(64) StatsBlock {
   uint64_t magic;
@@ -147,7 +189,8 @@ static_assert(offsetof(StatsBlock, counters) == 64);
 static_assert(static_cast<uint32_t>(Counter::kIngestGroupEnd) <= 24);
 static_assert(static_cast<uint32_t>(Counter::kJournalGroupEnd) <= 48);
 static_assert(static_cast<uint32_t>(Counter::kSpeedGroupEnd) <= 64);
-static_assert(sizeof(StatsBlock) == 576);
+static_assert(static_cast<uint32_t>(Counter::kBatchGroupEnd) <= 96);
+static_assert(sizeof(StatsBlock) == 1088);
 
 // Owner of a mapping of the stats block. The daemon creates it read-write (one per instance);
 // readers in any process map it read-only and can never disturb the daemon.

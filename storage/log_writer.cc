@@ -481,6 +481,7 @@ Status LogWriter::roll() {
     b.submitted = 0;
     b.start_offset = end_offset_;
   }
+  ++segments_sealed_;
   return Status::Ok();
 }
 

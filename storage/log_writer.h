@@ -122,6 +122,8 @@ class LogWriter {
   size_t max_payload_bytes() const { return max_payload_bytes_; }
   const LogOptions& options() const { return options_; }
   const std::filesystem::path& active_segment() const { return segment_path_; }
+  // Segments this writer sealed (rolls) since open().
+  uint64_t segments_sealed() const { return segments_sealed_; }
 
   struct Key {
     explicit Key() = default;
@@ -168,6 +170,7 @@ class LogWriter {
   std::filesystem::path segment_path_;
   uint64_t segment_base_ = 0;
   uint64_t end_offset_ = 0;
+  uint64_t segments_sealed_ = 0;
   std::atomic<uint64_t> written_offset_{0};  // stored by the writer thread with release
   std::atomic<uint64_t> durable_offset_{0};  // stored by the writer thread with release
   std::optional<LastRecord> last_record_at_open_;

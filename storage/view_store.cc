@@ -523,6 +523,17 @@ Result<std::optional<std::span<const std::byte>>> ViewSnapshot::row_key(uint64_t
   return std::optional<std::span<const std::byte>>(*v);
 }
 
+Result<uint64_t> ViewSnapshot::bucket_count(const ViewInfo& view) const {
+  auto i = index_of(view);
+  if (!i.ok()) return i.status();
+  if (view.current_version == 0) return uint64_t{0};
+  MDB_stat st;
+  if (int rc = mdb_stat(txn_.get(), dbis_[*i], &st); rc != 0) {
+    return shared_->env.error(rc, "mdb_stat " + dbi_names_[*i]);
+  }
+  return uint64_t{st.ms_entries};
+}
+
 // ---------------------------------------------------------------------------------------------
 // ViewReader
 
@@ -729,9 +740,9 @@ Status ViewStore::grow_map(CommitError* why) {
     counters_.map_full_errors.fetch_add(1, std::memory_order_relaxed);
     if (why) *why = CommitError::kMapFull;
     return Status::Full(options_.dir.string() + ": the batch views' LMDB map is full at " +
-                        std::to_string(current) + " bytes (views.max_map_bytes = " +
+                        std::to_string(current) + " bytes (batch.max_map_bytes = " +
                         std::to_string(options_.max_map_bytes) +
-                        "); raise views.max_map_bytes (or shorten bucket retention). The log is "
+                        "); raise batch.max_map_bytes (or shorten bucket retention). The log is "
                         "kept: compaction resumes from the watermark once the step fits");
   }
   std::lock_guard lock(shared_->mu);

@@ -182,6 +182,8 @@ class ViewSnapshot {
   Status for_each_series(
       const std::function<bool(uint64_t, std::span<const std::byte>)>& fn) const;
   Result<std::optional<std::span<const std::byte>>> row_key(uint64_t row_id) const;
+  // Buckets stored in the view's current version (its database's entry count; 0 without one).
+  Result<uint64_t> bucket_count(const ViewInfo& view) const;
 
  private:
   friend struct view_store_internal::Shared;
@@ -229,7 +231,7 @@ struct ViewStoreOptions {
   std::filesystem::path dir;  // DATA_DIR/views; created (0750) if missing
   uint64_t initial_map_bytes = uint64_t{64} << 20;
   // The map grows (doubling) up to this; a step that does not fit then fails with Full and
-  // the message names the setting. Config: views.max_map_bytes.
+  // the message names the setting. Config: batch.max_map_bytes.
   uint64_t max_map_bytes = uint64_t{64} << 30;
   bool sync = true;         // fdatasync every commit; false (MDB_NOSYNC) only for tests/benches
   bool write_map = false;   // experimental: MDB_WRITEMAP
@@ -363,7 +365,7 @@ class ViewStore {
 
   // One transaction: merges the step's partial states into their versions, names new rows and
   // advances the coverage. On MDB_MAP_FULL the map grows (doubling, up to max_map_bytes) and
-  // the step is retried; beyond that Full, naming views.max_map_bytes. Nothing is written on
+  // the step is retried; beyond that Full, naming batch.max_map_bytes. Nothing is written on
   // any error, so the step can be redone from the log. `why` (optional) classifies an error.
   Status commit_step(const StepWrite& step, CommitError* why = nullptr);
 

@@ -135,6 +135,57 @@ TEST_F(ConfigTest, BadViewDefinitionsNameTheView) {
   EXPECT_NE(error_of("[speed]\nworkers = 3\n").find("speed.workers"), std::string::npos);
 }
 
+TEST_F(ConfigTest, BatchAndLogRetentionDefaults) {
+  Config c = load_config(std::nullopt, {});
+  EXPECT_TRUE(c.batch_enabled);
+  EXPECT_EQ(c.batch_interval_ms, 1000u);
+  EXPECT_EQ(c.batch_memory_budget_bytes, uint64_t{128} << 20);
+  EXPECT_EQ(c.batch_initial_map_bytes, uint64_t{64} << 20);
+  EXPECT_EQ(c.batch_max_map_bytes, uint64_t{64} << 30);
+  ASSERT_EQ(c.batch_retention.rules.size(), 3u);
+  EXPECT_EQ(c.batch_retention.keep_ns(1'000'000'000), 86'400'000'000'000);
+  EXPECT_EQ(c.batch_retention.keep_ns(60'000'000'000), 30 * 86'400'000'000'000);
+  EXPECT_EQ(c.batch_retention.keep_ns(3'600'000'000'000), 0) << "1h: forever";
+  EXPECT_EQ(c.log_retention.max_age_ns, 0);
+  EXPECT_EQ(c.log_retention.max_total_bytes, 0u);
+}
+
+TEST_F(ConfigTest, BatchAndLogRetentionKeysAreRead) {
+  Config c = load_config(write("[batch]\nenabled = false\ninterval_ms = 50\nmemory_budget_bytes = 2097152\n"
+                               "initial_map_bytes = 1048576\nmax_map_bytes = 4194304\n"
+                               "retention = [\"1h:0\", \"10s:2h\"]\n"
+                               "[log]\nretention_max_age = \"7d\"\nretention_max_bytes = 1000000\n"),
+                         {});
+  EXPECT_FALSE(c.batch_enabled);
+  EXPECT_EQ(c.batch_interval_ms, 50u);
+  EXPECT_EQ(c.batch_memory_budget_bytes, 2097152u);
+  EXPECT_EQ(c.batch_initial_map_bytes, 1048576u);
+  EXPECT_EQ(c.batch_max_map_bytes, 4194304u);
+  ASSERT_EQ(c.batch_retention.rules.size(), 2u);
+  EXPECT_EQ(c.batch_retention.rules[0].max_width_ns, 10'000'000'000) << "sorted by width";
+  EXPECT_EQ(c.batch_retention.keep_ns(1'000'000'000), 7'200'000'000'000);
+  EXPECT_EQ(c.batch_retention.keep_ns(3'600'000'000'000), 0);
+  EXPECT_EQ(c.log_retention.max_age_ns, 7 * 86'400'000'000'000);
+  EXPECT_EQ(c.log_retention.max_total_bytes, 1000000u);
+}
+
+TEST_F(ConfigTest, BadBatchAndRetentionValuesNameTheKey) {
+  EXPECT_NE(error_of("[batch]\ninterval_ms = 0\n").find("batch.interval_ms"), std::string::npos);
+  EXPECT_NE(error_of("[batch]\nmax_map_bytes = 10\n").find("batch.max_map_bytes"), std::string::npos);
+  EXPECT_NE(error_of("[batch]\ninitial_map_bytes = 8388608\nmax_map_bytes = 4194304\n")
+                .find("batch.initial_map_bytes"),
+            std::string::npos);
+  EXPECT_NE(error_of("[batch]\nretention = [\"1s\"]\n").find("batch.retention"), std::string::npos);
+  EXPECT_NE(error_of("[batch]\nretention = [\"1x:1d\"]\n").find("batch.retention"), std::string::npos);
+  EXPECT_NE(error_of("[batch]\nretention = [\"1s:soon\"]\n").find("batch.retention"), std::string::npos);
+  EXPECT_NE(error_of("[batch]\nretention = [\"1s:1d\", \"1s:2d\"]\n").find("given twice"), std::string::npos);
+  EXPECT_NE(error_of("[batch]\nretention = \"1s:1d\"\n").find("batch.retention"), std::string::npos);
+  EXPECT_NE(error_of("[batch]\ncolour = 1\n").find("batch.colour"), std::string::npos);
+  EXPECT_NE(error_of("[log]\nretention_max_age = \"week\"\n").find("log.retention_max_age"), std::string::npos);
+  EXPECT_NE(error_of("[log]\nretention_max_age = 7\n").find("log.retention_max_age"), std::string::npos);
+  EXPECT_NE(error_of("[log]\nretention_max_bytes = -1\n").find("log.retention_max_bytes"), std::string::npos);
+}
+
 TEST(ListenSpecTest, ParsesEveryScheme) {
   std::string err;
   auto t = ListenSpec::parse("tcp://[::1]:8094", "/run/x", &err);

@@ -718,7 +718,7 @@ TEST(Compactor, FullMapIsAClearErrorThatKeepsTheLogAndALargerMapSucceeds) {
     auto stats = (*c)->compact();
     ASSERT_FALSE(stats.ok());
     EXPECT_EQ(stats.status().code(), Status::Code::kFull);
-    EXPECT_NE(stats.status().message().find("raise views.max_map_bytes"), std::string::npos)
+    EXPECT_NE(stats.status().message().find("raise batch.max_map_bytes"), std::string::npos)
         << stats.status().message();
     EXPECT_EQ(store->counters().map_full_errors.load(), 1u);
     EXPECT_EQ(store->watermark().log_offset, 0u);

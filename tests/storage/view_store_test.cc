@@ -361,7 +361,7 @@ TEST(ViewStore, FullMapAtTheLimitIsAClearErrorAndAGrownMapTakesTheSameStep) {
     ASSERT_FALSE(s.ok());
     EXPECT_EQ(s.code(), Status::Code::kFull);
     EXPECT_EQ(why, CommitError::kMapFull);
-    EXPECT_NE(s.message().find("views.max_map_bytes"), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("batch.max_map_bytes"), std::string::npos) << s.message();
     EXPECT_EQ(f.store->counters().map_full_errors.load(), 1u);
     EXPECT_EQ(f.store->watermark().log_offset, 0u);
     auto snap = f.store->snapshot();
