@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "runnel/client.h"
 #include "tests/e2e/runneld_harness.h"
 
 namespace runnel::e2e {
@@ -108,6 +109,40 @@ TEST(BatchE2E, RunnelctlRebuildWaitsForTheNewVersion) {
   run_runnelctl({"--shm-name", d.shm_name(), "rebuild", "nosuchview", "--data-dir", d.data_dir().string()}, &rc);
   EXPECT_EQ(rc, 2) << "runnelctl checks the name against the running views";
   EXPECT_EQ(d.counter(Counter::kBatchRebuildRequests), 1u);
+  ASSERT_EQ(d.stop(), 0);
+}
+
+TEST(BatchE2E, AChangedViewDefinitionIsRebuiltAtStartAndCountersReachTheClientLibrary) {
+  Runneld d;
+  const std::string view = "[[view]]\nname = \"cpu\"\nmeasurements = [\"cpu\"]\nbuckets = [\"1s\", \"1m\", \"1h\"]\n";
+  d.start(std::string(kConfig) + view + "aggregates = [\"count\", \"sum\"]\n");
+  ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
+  send_and_wait_logged(d, 8000, 10);
+  ASSERT_TRUE(wait_until([&] { return caught_up(d); }, 20s));
+  const uint64_t version = batch_views(d)["views"][0]["current_version"].get<uint64_t>();
+  ASSERT_EQ(d.stop(), 0);
+
+  d.start(std::string(kConfig) + view + "aggregates = [\"count\", \"sum\", \"max\"]\n");
+  ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
+  EXPECT_NE(d.stderr_text().find("rebuilding [\"cpu\"]"), std::string::npos) << d.stderr_text();
+  ASSERT_TRUE(wait_until([&] {
+    return d.counter(Counter::kBatchRebuildsFinished) >= 1 && d.counter(Counter::kBatchViewsBuilding) == 0;
+  }, 20s)) << d.counter(Counter::kBatchRebuildsStarted);
+  const Json after = batch_views(d);
+  EXPECT_GT(after["views"][0]["current_version"].get<uint64_t>(), version);
+  EXPECT_GT(after["views"][0]["buckets"].get<uint64_t>(), 0u) << "1h buckets are kept forever";
+  EXPECT_GT(d.counter(Counter::kBatchBucketsExpired), 0u) << "2023's 1s and 1m buckets are past retention";
+
+  std::unique_ptr<client::Client> c;
+  ASSERT_TRUE(client::Client::open(d.shm_name(), &c).ok());
+  std::vector<client::Counter> counters;
+  ASSERT_TRUE(c->counters(&counters).ok());
+  std::map<std::string, uint64_t> m;
+  for (const auto& k : counters) m[k.name] = k.value;
+  ASSERT_TRUE(m.count("batch_watermark_offset")) << "the client library lists the batch group";
+  EXPECT_GT(m["batch_watermark_offset"], 0u);
+  EXPECT_GE(m["batch_rebuilds_finished"], 1u);
+  EXPECT_TRUE(m.count("log_segments_deleted"));
   ASSERT_EQ(d.stop(), 0);
 }
 
