@@ -49,7 +49,8 @@ std::vector<std::string> known_views(const RebuildArgs& a, std::string* source) 
 }
 
 Status write_request(const std::filesystem::path& dir, const std::string& view) {
-  const auto tmp = dir / ("." + std::string(kRebuildPrefix) + view + "." + std::to_string(getpid()));
+  const auto tmp =
+      dir / ("." + std::string(kRebuildPrefix) + view + "." + std::to_string(getpid()));
   const auto target = dir / (kRebuildPrefix + view);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0660);
   if (fd < 0) return Status::Errno("create " + tmp.string(), errno);
@@ -82,8 +83,9 @@ int cmd_rebuild(const RebuildArgs& a) {
   const auto control = std::filesystem::path(a.data_dir) / kControlDir;
   std::error_code ec;
   if (!std::filesystem::is_directory(control, ec)) {
-    return fail(2, control.string() + " does not exist: is --data-dir the daemon's data directory, "
-                   "with [batch] enabled?");
+    return fail(2, control.string() +
+                       " does not exist: is --data-dir the daemon's data directory, "
+                       "with [batch] enabled?");
   }
   const uint64_t pid = b.pid;
   const uint64_t finished = b.get(Counter::kBatchRebuildsFinished);
@@ -106,10 +108,13 @@ int cmd_rebuild(const RebuildArgs& a) {
         break;
       }
       if (std::chrono::steady_clock::now() >= deadline) {
-        return fail(1, std::string("timed out after ") + std::to_string(a.timeout_s) + " s (" +
-                           (picked_up ? "the rebuild is still running" : "the request was not picked up") +
-                           (b.get(Counter::kBatchErrors) != errors ? "; batch_errors rose: see the daemon's log" : "") +
-                           ")");
+        return fail(
+            1, std::string("timed out after ") + std::to_string(a.timeout_s) + " s (" +
+                   (picked_up ? "the rebuild is still running" : "the request was not picked up") +
+                   (b.get(Counter::kBatchErrors) != errors
+                        ? "; batch_errors rose: see the daemon's log"
+                        : "") +
+                   ")");
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -119,7 +124,8 @@ int cmd_rebuild(const RebuildArgs& a) {
   if (a.json) {
     std::cout << j.dump() << "\n";
   } else if (a.wait) {
-    std::printf("rebuild of view '%s' finished in %.1f s\n", a.view.c_str(), j["seconds"].get<double>());
+    std::printf("rebuild of view '%s' finished in %.1f s\n", a.view.c_str(),
+                j["seconds"].get<double>());
   } else {
     std::printf("rebuild of view '%s' requested\n", a.view.c_str());
   }

@@ -2,6 +2,8 @@
 // requests, bucket and log retention, and the batch counters.
 #include "daemon/batch_layer.h"
 
+#include <spdlog/fmt/ranges.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -11,8 +13,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <spdlog/fmt/ranges.h>
-#include <spdlog/spdlog.h>
 
 namespace runnel {
 namespace {
@@ -44,7 +44,8 @@ void lower_priority() {
     spdlog::debug("batch: setpriority: {}", std::strerror(errno));
   }
   constexpr int kIoprioWhoProcess = 1, kIoprioClassBe = 2, kIoprioClassShift = 13;
-  if (syscall(SYS_ioprio_set, kIoprioWhoProcess, tid, (kIoprioClassBe << kIoprioClassShift) | 7) != 0) {
+  if (syscall(SYS_ioprio_set, kIoprioWhoProcess, tid, (kIoprioClassBe << kIoprioClassShift) | 7) !=
+      0) {
     spdlog::debug("batch: ioprio_set: {}", std::strerror(errno));
   }
 }
@@ -94,10 +95,11 @@ Status BatchLayer::open_store() {
   if (!compactor.ok()) return compactor.status();
   store_ = std::move(*store);
   compactor_ = std::move(*compactor);
-  spdlog::info("batch views {}: watermark at log offset {} ({} records); views kept {}, updated {}, "
-               "rebuilding {}, switched {}, removed {}",
-               so.dir.string(), store_->watermark().log_offset, store_->watermark().records,
-               report.kept, report.updated, report.rebuilding, report.switched, report.removed);
+  spdlog::info(
+      "batch views {}: watermark at log offset {} ({} records); views kept {}, updated {}, "
+      "rebuilding {}, switched {}, removed {}",
+      so.dir.string(), store_->watermark().log_offset, store_->watermark().records, report.kept,
+      report.updated, report.rebuilding, report.switched, report.removed);
   // Versions current now are the baseline; building ones count as started (new or resumed).
   for (const storage::ViewMeta& vm : store_->state().views) {
     current_versions_[vm.name] = vm.current_version;
@@ -105,7 +107,8 @@ Status BatchLayer::open_store() {
   }
   stats_.add(ipc::Counter::kBatchRebuildsStarted, report.rebuilding.size());
   stats_.add(ipc::Counter::kBatchRebuildsFinished, report.switched.size());
-  for (const storage::ViewMeta& vm : store_->state().views) seen_versions_.insert(vm.building_version);
+  for (const storage::ViewMeta& vm : store_->state().views)
+    seen_versions_.insert(vm.building_version);
   {
     std::lock_guard lock(mu_);
     watermark_ = store_->watermark();
@@ -209,9 +212,11 @@ void BatchLayer::handle_requests() {
   const auto control = options_.data_dir / kControlDirName;
   std::error_code ec;
   std::vector<std::string> views;
-  for (std::filesystem::directory_iterator it(control, ec), end; !ec && it != end; it.increment(ec)) {
+  for (std::filesystem::directory_iterator it(control, ec), end; !ec && it != end;
+       it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (name.rfind(kRebuildRequestPrefix, 0) == 0) views.push_back(name.substr(sizeof(kRebuildRequestPrefix) - 1));
+    if (name.rfind(kRebuildRequestPrefix, 0) == 0)
+      views.push_back(name.substr(sizeof(kRebuildRequestPrefix) - 1));
   }
   std::sort(views.begin(), views.end());
   for (const std::string& view : views) {
@@ -235,7 +240,10 @@ void BatchLayer::handle_requests() {
     }
     const storage::ViewMeta* vm = store_->state().find_view(view);
     spdlog::info("batch: rebuild of view '{}' requested: version {} is built from the retained log",
-                 view, vm && vm->building_version ? vm->building_version : vm ? vm->current_version : 0);
+                 view,
+                 vm && vm->building_version ? vm->building_version
+                 : vm                       ? vm->current_version
+                                            : 0);
   }
 }
 

@@ -195,7 +195,7 @@ void Journal::run() {
     size_t records = 0;
     const bool ok = writer_ != nullptr && write_batch(&records);
     publish_stats();
-    remove_requested_segments();
+    if (ok) remove_requested_segments();  // a failed writer refuses it anyway; retried later
     if (!ok) {
       if (stop_.load() || !final_status_.ok()) {
         // Stopping with a failing disk: the records stay in the shared-memory ring, which

@@ -196,10 +196,12 @@ TEST(BatchLayerTest, LogRetentionAsksOnlyForAbsorbedSegments) {
   BatchLayer batch(o, stats);
   ASSERT_TRUE(batch.open().ok());
   batch.start();
-  ASSERT_TRUE(wait_until([&] {
-    std::lock_guard lock(mu);
-    return !requests.empty() && requests.back() == data.sealed_end();
-  }, 10s));
+  ASSERT_TRUE(wait_until(
+      [&] {
+        std::lock_guard lock(mu);
+        return !requests.empty() && requests.back() == data.sealed_end();
+      },
+      10s));
   batch.stop();
   std::lock_guard lock(mu);
   for (uint64_t r : requests) EXPECT_LE(r, batch.watermark().log_offset);
@@ -221,11 +223,15 @@ TEST(BatchLayerTest, RebuildRequestFilesStartRebuildsAndUnknownViewsAreRejected)
   std::ofstream(control / "rebuild-default").close();
   std::ofstream(control / "rebuild-nosuchview").close();
   batch.poke();
-  ASSERT_TRUE(wait_until([&] {
-    return stats.get(Counter::kBatchRebuildsFinished) > finished &&
-           stats.get(Counter::kBatchRebuildRejected) == 1 &&
-           stats.get(Counter::kBatchViewsBuilding) == 0;
-  }, 10s)) << stats.get(Counter::kBatchRebuildsFinished) << " " << stats.get(Counter::kBatchRebuildRejected);
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return stats.get(Counter::kBatchRebuildsFinished) > finished &&
+               stats.get(Counter::kBatchRebuildRejected) == 1 &&
+               stats.get(Counter::kBatchViewsBuilding) == 0;
+      },
+      10s))
+      << stats.get(Counter::kBatchRebuildsFinished) << " "
+      << stats.get(Counter::kBatchRebuildRejected);
   EXPECT_EQ(stats.get(Counter::kBatchRebuildRequests), 2u);
   EXPECT_GT(stats.get(Counter::kBatchRebuildsStarted), 0u);
   EXPECT_FALSE(std::filesystem::exists(control / "rebuild-default"));

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "runnel/client.h"
 #include "tests/e2e/runneld_harness.h"
 
 namespace runnel::e2e {
@@ -50,8 +51,8 @@ Json runnelctl_json(const std::vector<std::string>& args, int expect_rc = 0) {
 }
 
 Json batch_views(const Runneld& d) {
-  return runnelctl_json({"--shm-name", d.shm_name(), "stats", "--json", "--data-dir", d.data_dir().string()})
-      ["batch_views"];
+  return runnelctl_json({"--shm-name", d.shm_name(), "stats", "--json", "--data-dir",
+                         d.data_dir().string()})["batch_views"];
 }
 
 TEST(BatchE2E, SealedSegmentsAreAbsorbedAndTheWatermarkSurvivesARestart) {
@@ -60,7 +61,8 @@ TEST(BatchE2E, SealedSegmentsAreAbsorbedAndTheWatermarkSurvivesARestart) {
   ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
   send_and_wait_logged(d, 20000, 50);
   ASSERT_TRUE(wait_until([&] { return caught_up(d); }, 20s))
-      << d.counter(Counter::kBatchWatermarkOffset) << " of " << d.counter(Counter::kLogWrittenOffset);
+      << d.counter(Counter::kBatchWatermarkOffset) << " of "
+      << d.counter(Counter::kLogWrittenOffset);
   const uint64_t absorbed = d.counter(Counter::kBatchRecordsAbsorbed);
   EXPECT_GT(absorbed, 10000u);
   EXPECT_LE(absorbed, 20000u);
@@ -70,7 +72,8 @@ TEST(BatchE2E, SealedSegmentsAreAbsorbedAndTheWatermarkSurvivesARestart) {
 
   const Json views = batch_views(d);
   ASSERT_TRUE(views.is_object()) << views;
-  EXPECT_EQ(views["watermark"]["records"].get<uint64_t>(), d.counter(Counter::kBatchRecordsAbsorbed));
+  EXPECT_EQ(views["watermark"]["records"].get<uint64_t>(),
+            d.counter(Counter::kBatchRecordsAbsorbed));
   ASSERT_EQ(views["views"].size(), 1u);
   EXPECT_EQ(views["views"][0]["name"], "default");
   EXPECT_GT(views["views"][0]["buckets"].get<uint64_t>(), 0u);
@@ -80,7 +83,8 @@ TEST(BatchE2E, SealedSegmentsAreAbsorbedAndTheWatermarkSurvivesARestart) {
   ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
   EXPECT_GE(d.counter(Counter::kBatchRecordsAbsorbed), absorbed) << "the watermark is durable";
   send_and_wait_logged(d, 5000, 50, 20000);
-  ASSERT_TRUE(wait_until([&] { return d.counter(Counter::kBatchRecordsAbsorbed) > absorbed + 2000; }, 20s));
+  ASSERT_TRUE(
+      wait_until([&] { return d.counter(Counter::kBatchRecordsAbsorbed) > absorbed + 2000; }, 20s));
   EXPECT_NE(d.stderr_text().find("views kept [\"default\"]"), std::string::npos) << d.stderr_text();
   ASSERT_EQ(d.stop(), 0);
 }
@@ -105,18 +109,62 @@ TEST(BatchE2E, RunnelctlRebuildWaitsForTheNewVersion) {
   EXPECT_GT(after["views"][0]["buckets"].get<uint64_t>(), 0u);
 
   int rc = 0;
-  run_runnelctl({"--shm-name", d.shm_name(), "rebuild", "nosuchview", "--data-dir", d.data_dir().string()}, &rc);
+  run_runnelctl(
+      {"--shm-name", d.shm_name(), "rebuild", "nosuchview", "--data-dir", d.data_dir().string()},
+      &rc);
   EXPECT_EQ(rc, 2) << "runnelctl checks the name against the running views";
   EXPECT_EQ(d.counter(Counter::kBatchRebuildRequests), 1u);
   ASSERT_EQ(d.stop(), 0);
 }
 
+TEST(BatchE2E, AChangedViewDefinitionIsRebuiltAtStartAndCountersReachTheClientLibrary) {
+  Runneld d;
+  const std::string view =
+      "[[view]]\nname = \"cpu\"\nmeasurements = [\"cpu\"]\nbuckets = [\"1s\", \"1m\", \"1h\"]\n";
+  d.start(std::string(kConfig) + view + "aggregates = [\"count\", \"sum\"]\n");
+  ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
+  send_and_wait_logged(d, 8000, 10);
+  ASSERT_TRUE(wait_until([&] { return caught_up(d); }, 20s));
+  const uint64_t version = batch_views(d)["views"][0]["current_version"].get<uint64_t>();
+  ASSERT_EQ(d.stop(), 0);
+
+  d.start(std::string(kConfig) + view + "aggregates = [\"count\", \"sum\", \"max\"]\n");
+  ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
+  EXPECT_NE(d.stderr_text().find("rebuilding [\"cpu\"]"), std::string::npos) << d.stderr_text();
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return d.counter(Counter::kBatchRebuildsFinished) >= 1 &&
+               d.counter(Counter::kBatchViewsBuilding) == 0;
+      },
+      20s))
+      << d.counter(Counter::kBatchRebuildsStarted);
+  const Json after = batch_views(d);
+  EXPECT_GT(after["views"][0]["current_version"].get<uint64_t>(), version);
+  EXPECT_GT(after["views"][0]["buckets"].get<uint64_t>(), 0u) << "1h buckets are kept forever";
+  EXPECT_GT(d.counter(Counter::kBatchBucketsExpired), 0u)
+      << "2023's 1s and 1m buckets are past retention";
+
+  std::unique_ptr<client::Client> c;
+  ASSERT_TRUE(client::Client::open(d.shm_name(), &c).ok());
+  std::vector<client::Counter> counters;
+  ASSERT_TRUE(c->counters(&counters).ok());
+  std::map<std::string, uint64_t> m;
+  for (const auto& k : counters) m[k.name] = k.value;
+  ASSERT_TRUE(m.count("batch_watermark_offset")) << "the client library lists the batch group";
+  EXPECT_GT(m["batch_watermark_offset"], 0u);
+  EXPECT_GE(m["batch_rebuilds_finished"], 1u);
+  EXPECT_TRUE(m.count("log_segments_deleted"));
+  ASSERT_EQ(d.stop(), 0);
+}
+
 TEST(BatchE2E, LogRetentionDeletesOnlyAbsorbedSegments) {
   Runneld d;
-  d.start("[log]\nsegment_bytes = 65536\nretention_max_bytes = 200000\n[batch]\ninterval_ms = 50\n");
+  d.start(
+      "[log]\nsegment_bytes = 65536\nretention_max_bytes = 200000\n[batch]\ninterval_ms = 50\n");
   ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
   send_and_wait_logged(d, 30000, 50);
-  ASSERT_TRUE(wait_until([&] { return d.counter(Counter::kLogSegmentsDeleted) > 5 && caught_up(d); }, 20s))
+  ASSERT_TRUE(
+      wait_until([&] { return d.counter(Counter::kLogSegmentsDeleted) > 5 && caught_up(d); }, 20s))
       << d.counter(Counter::kLogSegmentsDeleted);
   EXPECT_EQ(d.counter(Counter::kLogErrors), 0u);
   const Json v = runnelctl_json({"log", "verify", "--json", "--data-dir", d.data_dir().string()});
@@ -137,7 +185,8 @@ TEST(BatchE2E, AnUnopenableViewStoreIsReportedAndIngestGoesOn) {
   EXPECT_GE(d.counter(Counter::kBatchErrors), 1u);
   send_and_wait_logged(d, 3000, 5);
   int rc = 0;
-  run_runnelctl({"--shm-name", d.shm_name(), "rebuild", "default", "--data-dir", d.data_dir().string()}, &rc);
+  run_runnelctl(
+      {"--shm-name", d.shm_name(), "rebuild", "default", "--data-dir", d.data_dir().string()}, &rc);
   EXPECT_EQ(rc, 2) << "no rebuild without batch views";
   ASSERT_EQ(d.stop(), 0) << d.stderr_text();
   const std::string err = d.stderr_text();
@@ -148,8 +197,9 @@ TEST(BatchE2E, AnUnopenableViewStoreIsReportedAndIngestGoesOn) {
 
 TEST(BatchE2E, AMapCeilingTooSmallIsReportedWhileIngestKeepsEveryRecord) {
   Runneld d;
-  d.start("[log]\nsegment_bytes = 65536\n[batch]\ninterval_ms = 50\n"
-          "initial_map_bytes = 262144\nmax_map_bytes = 262144\n");
+  d.start(
+      "[log]\nsegment_bytes = 65536\n[batch]\ninterval_ms = 50\n"
+      "initial_map_bytes = 262144\nmax_map_bytes = 262144\n");
   ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
   send_and_wait_logged(d, 30000, 5000);  // many rows: far more than 256 KiB of states
   ASSERT_TRUE(wait_until([&] { return d.counter(Counter::kBatchMapFull) > 0; }, 20s))
