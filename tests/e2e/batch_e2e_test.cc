@@ -17,7 +17,7 @@ using namespace std::chrono_literals;
 using Json = nlohmann::json;
 
 // Small segments so they seal quickly; a fast tick.
-constexpr char kConfig[] = "[log]\nsegment_bytes = 65536\n[batch]\ninterval_ms = 50\n";
+constexpr char kConfig[] = "[ring]\ngeneration_bytes = 4096\n[log]\nsegment_bytes = 65536\n[batch]\ninterval_ms = 50\n";
 
 // `hosts` distinct series, `n` points, one per ms.
 std::string points(uint64_t n, uint64_t hosts, uint64_t first = 0) {
@@ -160,7 +160,7 @@ TEST(BatchE2E, AChangedViewDefinitionIsRebuiltAtStartAndCountersReachTheClientLi
 TEST(BatchE2E, LogRetentionDeletesOnlyAbsorbedSegments) {
   Runneld d;
   d.start(
-      "[log]\nsegment_bytes = 65536\nretention_max_bytes = 200000\n[batch]\ninterval_ms = 50\n");
+      "[ring]\ngeneration_bytes = 4096\n[log]\nsegment_bytes = 65536\nretention_max_bytes = 200000\n[batch]\ninterval_ms = 50\n");
   ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
   send_and_wait_logged(d, 30000, 50);
   ASSERT_TRUE(
@@ -198,7 +198,7 @@ TEST(BatchE2E, AnUnopenableViewStoreIsReportedAndIngestGoesOn) {
 TEST(BatchE2E, AMapCeilingTooSmallIsReportedWhileIngestKeepsEveryRecord) {
   Runneld d;
   d.start(
-      "[log]\nsegment_bytes = 65536\n[batch]\ninterval_ms = 50\n"
+      "[ring]\ngeneration_bytes = 4096\n[log]\nsegment_bytes = 65536\n[batch]\ninterval_ms = 50\n"
       "initial_map_bytes = 262144\nmax_map_bytes = 262144\n");
   ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
   send_and_wait_logged(d, 30000, 5000);  // many rows: far more than 256 KiB of states

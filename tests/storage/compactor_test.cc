@@ -31,6 +31,7 @@ using namespace runnel::storage::testing;
 constexpr int64_t kT0 = 1'700'000'000LL * kSecond;  // an hour edge: 1'700'000'000 = 472222 h + 800 s
 constexpr uint64_t kSegmentBytes = 16 << 10;
 constexpr uint64_t kRecordStride = uint64_t{1} << kGenerationShift;
+constexpr uint64_t kTestEpoch = make_ring_epoch(1, kGenerationShift);
 
 // Appends line-protocol points to a log; seal() rolls the active segment so that everything
 // appended before it is in sealed segments.
@@ -46,7 +47,7 @@ class LogBuilder {
     const char* reason = "";
     ASSERT_EQ(parser_.parse(line, {}, 0, &buf_, &reason), ParseError::kOk) << reason << ": " << line;
     // Each record its own generation: a compaction step may end after any of them.
-    ASSERT_TRUE(writer_->append(1, ring_pos_, buf_).ok());
+    ASSERT_TRUE(writer_->append(kTestEpoch, ring_pos_, buf_).ok());
     ring_pos_ += stride_;
     ++records_;
   }
