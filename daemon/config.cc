@@ -52,8 +52,9 @@ mode = "0640"
 group = ""
 
 [log]
-# Segments roll at this size and are then sealed (never modified again).
-segment_bytes = 268435456
+# Segments roll at this size and are then sealed (never modified again); the batch layer
+# absorbs sealed segments, so this also bounds how far it trails the log.
+segment_bytes = 67108864
 # always: group commit, a batch is durable after its fdatasync; interval: fdatasync every
 # fsync_interval_ms; never: leave it to the kernel.
 fsync = "interval"

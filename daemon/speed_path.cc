@@ -94,6 +94,9 @@ Status SpeedPath::open(std::string_view batch_dir) {
     s.widths_ns = def.widths_ns;
     s.capacity_entries = def.capacity;
     s.shard_count = shards;
+    // Every unabsorbed generation of a bucket has its own entry on the bucket's probe chain:
+    // room for dozens while the batch layer catches up (more is counted as overflow).
+    s.max_probe = 64;
     s.initial_state.resize(s.state_bytes);
     layouts_.back().init(s.initial_state);
     specs.push_back(std::move(s));
