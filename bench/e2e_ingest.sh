@@ -19,6 +19,7 @@ poll_ms=${POLL_MS:-50}       # resolution of the end-to-end end time
 stall_s=${STALL_S:-15}       # give up when log_records has not moved for this long
 fsync=${FSYNC:-interval}
 speed=${SPEED:-on}           # off: ingest and log only ([speed] enabled = false)
+batch=${BATCH:-off}          # on: the batch layer compacts sealed segments during the run
 # The goal on a 2-core box, generator included: 3 M/s for ingest alone, 2 M/s with the speed path.
 target_eps=${TARGET_EPS:-$([[ ${SPEED:-on} == off ]] && echo 3000000 || echo 2000000)}
 
@@ -132,6 +133,9 @@ listen = ["tcp://127.0.0.1:$port"]
 
 [speed]
 enabled = $([[ $speed == off ]] && echo false || echo true)
+
+[batch]
+enabled = $([[ $batch == on ]] && echo true || echo false)
 EOF
 "$runneld" --config "$tmp/runneld.toml" --data-dir "$tmp/data" --shm-name "$shm_name" \
   --listen "tcp://127.0.0.1:$port" 2>"$tmp/runneld.log" &
@@ -205,7 +209,7 @@ print_row "runneld peak RSS MiB" "$(awk -v k="$hwm_kib" 'BEGIN { printf "%.1f", 
 echo
 echo "notes: loadgen send-only events/s: baseline $(kv events_per_s "$tmp/base_loadgen.out")," \
   "runneld $(kv events_per_s "$tmp/loadgen.out"); end time resolution ${poll_ms} ms;" \
-  "fsync=$fsync speed=$speed"
+  "fsync=$fsync speed=$speed batch=$batch"
 echo "       runneld: points_accepted=$(json_int points_accepted <<<"$stats")" \
   "log_records=$log_records speed_records=${speed_records:-n/a}" \
   "speed_overflow_updates=$(json_int speed_overflow_updates <<<"$stats")" \

@@ -133,6 +133,9 @@ runnel::client::Query to_query(const runnel_query* q) {
   r.step_ns = q->step_ns;
   for (size_t i = 0; i < q->output_count; ++i) r.outputs.push_back(str(q->outputs[i]));
   r.fill_empty = q->fill_empty != 0;
+  r.sources = q->sources == RUNNEL_SOURCES_BATCH_ONLY  ? runnel::client::Query::Sources::kBatchOnly
+              : q->sources == RUNNEL_SOURCES_LIVE_ONLY ? runnel::client::Query::Sources::kLiveOnly
+                                                       : runnel::client::Query::Sources::kMerged;
   return r;
 }
 

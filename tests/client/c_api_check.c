@@ -73,6 +73,19 @@ int runnel_c_api_check(const char* shm_name, int64_t from_ns, int64_t to_ns, uin
     }
     CHECK(sum == total);
   }
+  /* Without a batch layer the live tables are the whole answer, and the batch views hold none. */
+  {
+    runnel_result* side = NULL;
+    q.sources = RUNNEL_SOURCES_LIVE_ONLY;
+    CHECK(runnel_query_range(c, &q, &side) == RUNNEL_OK);
+    CHECK(side->series_count == 1);
+    runnel_free(side);
+    q.sources = RUNNEL_SOURCES_BATCH_ONLY;
+    CHECK(runnel_query_range(c, &q, &side) == RUNNEL_OK);
+    CHECK(side->series_count == 0);
+    runnel_free(side);
+    q.sources = RUNNEL_SOURCES_MERGED;
+  }
 
   {
     int64_t ts[64];

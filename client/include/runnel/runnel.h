@@ -98,7 +98,15 @@ typedef struct {
   size_t output_count; /* 0: every output of the view */
   const char* const* outputs;
   int fill_empty; /* nonzero: also steps without data (count 0) */
+  /* RUNNEL_SOURCES_MERGED (0, the answer: batch views up to their watermark + live tables
+   * beyond), or for diagnosis RUNNEL_SOURCES_BATCH_ONLY / RUNNEL_SOURCES_LIVE_ONLY. A zeroed
+   * struct asks for the merged answer. */
+  int sources;
 } runnel_query;
+
+#define RUNNEL_SOURCES_MERGED 0
+#define RUNNEL_SOURCES_BATCH_ONLY 1
+#define RUNNEL_SOURCES_LIVE_ONLY 2
 
 typedef struct {
   const char* field;
