@@ -138,7 +138,19 @@ Status SpeedPath::replay(const std::filesystem::path& log_dir, uint64_t from_off
   if (!reader.ok()) {
     return reader.status().code() == Status::Code::kNotFound ? Status::Ok() : reader.status();
   }
-  if (Status s = reader->seek(from_offset); !s.ok()) {
+  Status seeked = reader->seek(from_offset);
+  if (seeked.code() == Status::Code::kNotFound) {
+    // Before the oldest retained segment: only when the batch views could not be read (their
+    // watermark counts as 0), since retention deletes nothing unabsorbed. Take what is there.
+    auto segments = storage::list_segments(log_dir);
+    if (segments.ok() && !segments->empty() && segments->front().base_offset > from_offset) {
+      spdlog::warn("speed path: the log starts at offset {}, after the batch watermark {}; replaying from there",
+                   segments->front().base_offset, from_offset);
+      from_offset = segments->front().base_offset;
+      seeked = reader->seek(from_offset);
+    }
+  }
+  if (Status s = seeked; !s.ok()) {
     return Status::Corruption("speed path replay from log offset " + std::to_string(from_offset) +
                               " (the batch watermark): " + s.message());
   }
