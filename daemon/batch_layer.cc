@@ -273,8 +273,8 @@ void BatchLayer::track_versions() {
 
 void BatchLayer::apply_retention() {
   const int64_t now_ms = clock_ms(CLOCK_MONOTONIC);
-  if (now_ms - last_bucket_retention_ms_ >= options_.bucket_retention_period_ms ||
-      last_bucket_retention_ms_ == INT64_MIN) {
+  if (last_bucket_retention_ms_ == INT64_MIN ||
+      now_ms - last_bucket_retention_ms_ >= options_.bucket_retention_period_ms) {
     last_bucket_retention_ms_ = now_ms;
     auto expired = store_->apply_retention(options_.bucket_retention, realtime_ns());
     if (!expired.ok()) report_error("bucket retention", expired.status());

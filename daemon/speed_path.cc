@@ -358,7 +358,9 @@ void SpeedPath::run() {
     batch_.clear();
     const auto b = consumer_->peek(
         [&](uint64_t pos, std::span<const std::byte> payload) {
-          batch_.push_back({pos, generation_of(epoch, pos), payload.data(), static_cast<uint32_t>(payload.size())});
+          // Without a batch layer nothing is ever absorbed: one entry per bucket, generation 0.
+          batch_.push_back({pos, absorbing_ ? generation_of(epoch, pos) : kNoGeneration, payload.data(),
+                            static_cast<uint32_t>(payload.size())});
         },
         config_.speed_batch_records);
     if (b.corrupt) {

@@ -732,7 +732,7 @@ Result<LiveTables> LiveTables::create(const std::string& shm_name,
   h->view_count = view_count;
   h->descriptor_bytes = kViewDescriptorBytes;
   h->batch_dir_len = static_cast<uint32_t>(batch_dir.size());
-  std::memcpy(h->batch_dir, batch_dir.data(), batch_dir.size());
+  if (!batch_dir.empty()) std::memcpy(h->batch_dir, batch_dir.data(), batch_dir.size());
   for (uint32_t i = 0; i < view_count; ++i) {
     const LiveViewSpec& s = views[i];
     auto* d = std::construct_at(reinterpret_cast<ViewDescriptor*>(base + kLiveHeaderBytes) + i);
