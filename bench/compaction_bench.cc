@@ -123,12 +123,14 @@ int main(int argc, char** argv) {
   std::string dir_text;
   bool sync = true;
   bool keep = false;
+  bool write_map = false;
   app.add_option("-n,--events", events, "W1 events to log")->capture_default_str();
   app.add_option("--segment-mib", segment_mib, "log segment size, MiB")->capture_default_str();
   app.add_option("--budget-mib", budget_mib, "compactor memory budget per step, MiB (batch.memory_budget_bytes)")
       ->capture_default_str();
   app.add_option("--dir", dir_text, "work directory (default: a new one under $TMPDIR or /tmp)");
   app.add_flag("!--no-sync", sync, "ViewStore without fdatasync per commit (runneld syncs)");
+  app.add_flag("--write-map", write_map, "ViewStore with MDB_WRITEMAP (experimental in runneld)");
   app.add_flag("--keep", keep, "keep the work directory");
   CLI11_PARSE(app, argc, argv);
 
@@ -162,6 +164,7 @@ int main(int argc, char** argv) {
   runnel::storage::ViewStoreOptions store_options;
   store_options.dir = views_dir;
   store_options.sync = sync;
+  store_options.write_map = write_map;
   auto store = runnel::storage::ViewStore::open(store_options);
   if (!store.ok()) die("open view store", store.status());
   runnel::storage::CompactorOptions options;
@@ -203,8 +206,9 @@ int main(int argc, char** argv) {
              static_cast<double>(ring_bytes) / (1 << 20), (uint64_t{1} << runnel::kGenerationShift) >> 20,
              log_s);
   fmt::print("compacted {} records (the newest sealed generation waits) in {} steps: {} updates, {} states "
-             "merged; view 'default', budget {} MiB, sync {}\n",
-             stats->records, stats->steps, stats->updates, stats->states, budget_mib, sync ? "on" : "off");
+             "merged; view 'default', budget {} MiB, sync {}{}\n",
+             stats->records, stats->steps, stats->updates, stats->states, budget_mib, sync ? "on" : "off",
+             write_map ? ", MDB_WRITEMAP" : "");
   auto row = [](const char* what, const Pass& p, double base) {
     fmt::print("{:<46} {:>12.0f} events/s per core  (cpu {:6.2f} s, wall {:6.2f} s)  ratio {:.3f}\n", what,
                p.per_core(), p.cpu_s, p.wall_s, p.per_core() / base);
