@@ -3,6 +3,9 @@
 
 #include <time.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 #include <spdlog/spdlog.h>
@@ -66,6 +69,8 @@ struct SpeedPath::Worker {
     bool has_distinct;
   };
   std::vector<Pending> pending;
+  // A private copy of the entry state being updated (the largest state of any view).
+  std::vector<std::byte> scratch;
   // The batch this worker finished last: stored with release at the end of process(), loaded
   // with acquire by fold_batch() before it reads the counters above.
   std::atomic<uint64_t> done_batch{0};
@@ -123,6 +128,7 @@ Status SpeedPath::open(std::string_view batch_dir) {
     // Every record of a batch could feed every view with several fields: grows past this
     // only for wide records, once.
     w->pending.reserve(size_t{config_.speed_batch_records} * 4);
+    for (const AggregateLayout& l : layouts_) w->scratch.resize(std::max(w->scratch.size(), l.state_bytes()));
     w->overflow_in_batch.assign(config_.views.size(), 0);
     for (const auto& def : config_.views) w->window_ns.push_back(def.live_window_ns);
     workers_.push_back(std::move(w));
@@ -280,7 +286,14 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
         continue;
       }
       writer.begin_write(e);
-      layout.update(writer.state(e), p.value, p.ts_ns, p.distinct_hash, p.has_distinct);
+      // Readers in other threads copy the state while it changes (the seqlock discards such a
+      // copy); the live layout has every state word written atomically so that this is no data
+      // race: update a private copy, then store it word by word. Reading the entry plainly is
+      // fine: this worker is its only writer.
+      const std::span<std::byte> scratch(w.scratch.data(), layout.state_bytes());
+      std::memcpy(scratch.data(), writer.state(e).data(), scratch.size());
+      layout.update(scratch, p.value, p.ts_ns, p.distinct_hash, p.has_distinct);
+      writer.store_state(e, scratch);
       writer.note_position(e, p.pos);
       writer.end_write(e);
     }
