@@ -94,6 +94,7 @@ class SpeedPath {
   bool absorbing_ = false;                // a batch layer takes over absorbed generations
   std::vector<uint64_t> evicted_generation_;  // per view: announced (consumer thread)
   int64_t batch_watermark_ns_ = INT64_MIN;  // frozen for the duration of one batch
+  std::atomic<uint64_t> batch_seq_{0};      // batches handed to the workers (fold_batch)
   std::thread thread_;
   std::atomic<bool> stop_{false};
   Status final_status_;

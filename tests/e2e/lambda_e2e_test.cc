@@ -136,9 +136,10 @@ TEST(LambdaE2E, EveryMergedAnswerCountsEachAcceptedEventOnceWhileCompactionAndAR
   constexpr uint64_t kChunk = 1'000;
 
   std::atomic<bool> sending{true};
-  std::atomic<uint64_t> sent{0};  // raised before the points go out
+  std::atomic<bool> abandon{false};  // a failed assertion below ends the generator early
+  std::atomic<uint64_t> sent{0};     // raised before the points go out
   std::thread generator([&] {
-    for (uint64_t first = 0; first < kPoints; first += kChunk) {
+    for (uint64_t first = 0; first < kPoints && !abandon; first += kChunk) {
       sent.store(first + kChunk);
       send_tcp(d.tcp_port(), data.lines(first, kChunk));
       // Every few chunks, let the batch layer absorb some of it, so that answers mix both.
@@ -156,6 +157,14 @@ TEST(LambdaE2E, EveryMergedAnswerCountsEachAcceptedEventOnceWhileCompactionAndAR
     }
     sending = false;
   });
+  struct Joiner {
+    std::thread& t;
+    std::atomic<bool>& abandon;
+    ~Joiner() {
+      abandon = true;
+      if (t.joinable()) t.join();
+    }
+  } joiner{generator, abandon};
 
   // The checker: what the speed path had folded in before the query is the least an answer
   // may hold, what had been sent after it the most (an event counted twice would push it past
@@ -178,7 +187,6 @@ TEST(LambdaE2E, EveryMergedAnswerCountsEachAcceptedEventOnceWhileCompactionAndAR
     if (!sending && got == kPoints) break;
     ASSERT_LT(std::chrono::steady_clock::now(), deadline) << got << " of " << kPoints;
   }
-  generator.join();
   EXPECT_GT(answers, 20u);
   EXPECT_GT(answers_with_batch, 5u) << "the batch layer took part while the checker ran";
 
