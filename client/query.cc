@@ -275,10 +275,61 @@ Result<StepPlan> plan_steps(const ViewDef& view, int64_t from_ns, int64_t to_ns,
   return p;
 }
 
+StepStates::StepStates(const StepPlan& plan, size_t state_bytes, bool dense)
+    : plan_(plan), state_bytes_(state_bytes), dense_(dense) {}
+
+std::span<std::byte> StepStates::at(int64_t bucket_start_ns, const AggregateLayout& layout) {
+  const int64_t step = ipc::bucket_start(bucket_start_ns, plan_.step_ns);
+  std::span<std::byte> state;
+  bool fresh = false;
+  if (dense_) {
+    const auto k = static_cast<size_t>((static_cast<uint64_t>(step) - static_cast<uint64_t>(plan_.from_ns)) /
+                                       static_cast<uint64_t>(plan_.step_ns));
+    if (flat_.empty()) {
+      const size_t steps = static_cast<size_t>((static_cast<uint64_t>(plan_.to_ns) - static_cast<uint64_t>(plan_.from_ns)) /
+                                               static_cast<uint64_t>(plan_.step_ns));
+      flat_.resize(steps * state_bytes_);
+      has_.assign(steps, 0);
+    }
+    state = std::span<std::byte>(flat_.data() + k * state_bytes_, state_bytes_);
+    fresh = has_[k] == 0;
+    has_[k] = 1;
+  } else {
+    auto [it, inserted] = sparse_.try_emplace(step);
+    if (inserted) it->second.resize(state_bytes_);
+    state = it->second;
+    fresh = inserted;
+  }
+  if (fresh) {
+    layout.init(state);
+    ++count_;
+  }
+  return state;
+}
+
+void StepStates::for_each(const std::function<void(int64_t, std::span<const std::byte>)>& fn) const {
+  if (!dense_) {
+    for (const auto& [ts, state] : sparse_) fn(ts, state);
+    return;
+  }
+  for (size_t k = 0; k < has_.size(); ++k) {
+    if (has_[k] != 0) {
+      fn(plan_.from_ns + static_cast<int64_t>(k) * plan_.step_ns,
+         std::span<const std::byte>(flat_.data() + k * state_bytes_, state_bytes_));
+    }
+  }
+}
+
 Merged merge_states(const MergeSpec& spec, std::span<const StateSource* const> sources) {
   const AggregateLayout& layout = *spec.layout;
+  // One flat array per group while every group's steps together stay small (a few MiB).
+  constexpr uint64_t kDenseBytes = uint64_t{8} << 20;
+  const uint64_t steps = (static_cast<uint64_t>(spec.steps.to_ns) - static_cast<uint64_t>(spec.steps.from_ns)) /
+                         static_cast<uint64_t>(spec.steps.step_ns);
+  const bool dense = steps <= kDenseBytes && spec.group_count <= kDenseBytes &&
+                     steps * std::max<uint64_t>(spec.group_count, 1) * layout.state_bytes() <= kDenseBytes;
   Merged out;
-  out.groups.resize(spec.group_count);
+  out.groups.assign(spec.group_count, StepStates(spec.steps, layout.state_bytes(), dense));
   out.row_has_data.assign(spec.rows.size(), false);
   const SourceEntryFn fold = [&](const SourceEntry& e) {
     const auto it = std::lower_bound(spec.rows.begin(), spec.rows.end(), e.row_id);
@@ -290,14 +341,7 @@ Merged merge_states(const MergeSpec& spec, std::span<const StateSource* const> s
     }
     const auto row = static_cast<size_t>(it - spec.rows.begin());
     out.row_has_data[row] = true;
-    auto& steps = out.groups[spec.group_of_row[row]];
-    auto [step, fresh] =
-        steps.try_emplace(ipc::bucket_start(e.bucket_start_ns, spec.steps.step_ns));
-    if (fresh) {
-      step->second.resize(layout.state_bytes());
-      layout.init(step->second);
-    }
-    layout.merge(step->second, e.state);
+    layout.merge(out.groups[spec.group_of_row[row]].at(e.bucket_start_ns, layout), e.state);
   };
   for (const StateSource* source : sources) {
     out.busy += source
@@ -562,34 +606,48 @@ Status run_query(const Instance& inst, const Query& q, QueryResult* out) {
   out->busy_entries = merged.busy;
   out->batch_watermark_offset = batch.watermark_offset;
   out->batch_rebuilding = batch.rebuilding;
-  out->series.clear();
+  // A caller that asks again with the same QueryResult gets its series, points and value
+  // arrays reused in place: a repeated query allocates nothing for its answer.
   std::vector<std::byte> empty(layout.state_bytes());
   layout.init(empty);
   std::vector<double> all(layout.output_count());
-  const auto point = [&](int64_t ts, std::span<const std::byte> state) {
-    layout.finalize_all(state, all);
-    Point p{ts, layout.count(state), {}};
-    for (size_t i : pick) p.values.push_back(all[i]);
-    return p;
-  };
+  size_t n_series = 0;
   for (const auto& [key, g] : group_index) {  // map order: by field, then group value
-    const auto& states = merged.groups[g];
+    const StepStates& states = merged.groups[g];
     if (states.empty()) continue;  // no row of the series has data in the range
-    Series s{key.first, key.second, rows_in_group[g], {}};
+    if (n_series == out->series.size()) out->series.emplace_back();
+    Series& s = out->series[n_series++];
+    s.field = key.first;
+    s.group_value = key.second;
+    s.rows = rows_in_group[g];
+    size_t n_points = 0;
+    const auto emit = [&](int64_t ts, std::span<const std::byte> state) {
+      if (n_points == s.points.size()) s.points.emplace_back();
+      Point& p = s.points[n_points++];
+      layout.finalize_all(state, all);
+      p.ts_ns = ts;
+      p.count = layout.count(state);
+      p.values.resize(pick.size());
+      for (size_t i = 0; i < pick.size(); ++i) p.values[i] = all[pick[i]];
+    };
     if (q.fill_empty) {
       s.points.reserve(step_count);
-      auto it = states.begin();
-      for (uint64_t k = 0; k < step_count; ++k) {
-        const int64_t ts = steps.from_ns + static_cast<int64_t>(k) * steps.step_ns;
-        const bool have = it != states.end() && it->first == ts;
-        s.points.push_back(point(ts, have ? std::span<const std::byte>(it->second) : empty));
-        if (have) ++it;
-      }
+      int64_t next = steps.from_ns;  // the first step not yet emitted
+      const auto fill_to = [&](int64_t end) {
+        for (; next < end; next += steps.step_ns) emit(next, empty);
+      };
+      states.for_each([&](int64_t ts, std::span<const std::byte> state) {
+        fill_to(ts);
+        emit(ts, state);
+        next = ts + steps.step_ns;
+      });
+      fill_to(steps.to_ns);
     } else {
-      for (const auto& [ts, state] : states) s.points.push_back(point(ts, state));
+      states.for_each(emit);
     }
-    out->series.push_back(std::move(s));
+    s.points.resize(n_points);
   }
+  out->series.resize(n_series);
   return Status::Ok();
 }
 

@@ -172,9 +172,29 @@ struct MergeSpec {
   StepPlan steps;
 };
 
+// The merged states of one group (series), one per step that any bucket fell in. Dense (one
+// flat array over every step of the plan) when the plan is small enough, else sparse.
+class StepStates {
+ public:
+  StepStates(const StepPlan& plan, size_t state_bytes, bool dense);
+  // The state of the step holding `bucket_start_ns`, initialized by `layout` on first use.
+  std::span<std::byte> at(int64_t bucket_start_ns, const AggregateLayout& layout);
+  bool empty() const { return count_ == 0; }
+  // fn(step start, state) for every step with a state, ascending.
+  void for_each(const std::function<void(int64_t, std::span<const std::byte>)>& fn) const;
+
+ private:
+  StepPlan plan_;
+  size_t state_bytes_;
+  bool dense_;
+  size_t count_ = 0;
+  std::vector<std::byte> flat_;  // dense: step k at k * state_bytes
+  std::vector<uint8_t> has_;     // dense: step k has a state
+  std::map<int64_t, std::vector<std::byte>> sparse_;
+};
+
 struct Merged {
-  // Per group: step start -> merged state. Steps without any bucket are absent.
-  std::vector<std::map<int64_t, std::vector<std::byte>>> groups;
+  std::vector<StepStates> groups;
   std::vector<bool> row_has_data;  // parallel to MergeSpec::rows
   uint64_t busy = 0;
   uint64_t corrupt = 0;  // bucket states that failed AggregateLayout::validate and were left out
