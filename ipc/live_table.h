@@ -192,9 +192,10 @@ class ShardWriter {
   // reader that sees the new even seq sees every byte written before it.
   void begin_write(LiveEntry* e);
   void end_write(LiveEntry* e);
-  // Between begin_write and end_write: the state in place, for the aggregate functions. These
-  // are plain stores racing with readers' copies (the classic seqlock race, which the seq
-  // re-check makes harmless); store_state() writes atomically word by word instead.
+  // Between begin_write and end_write: the state in place. Plain stores through it would race
+  // with readers' copies (formally a data race, though the seq re-check discards what they
+  // saw); the speed path therefore updates a private copy and writes it back with
+  // store_state(), atomically word by word.
   std::span<std::byte> state(LiveEntry* e) const;
   void store_state(LiveEntry* e, std::span<const std::byte> state_bytes);
   // Between begin_write and end_write: one more event at ring/log position `pos` folded in.
