@@ -37,6 +37,8 @@ Status convert(const runnel::Status& s, bool opening = false) {
 
 // How often wait_for_change retries to open a restarting daemon's objects.
 constexpr std::chrono::milliseconds kReopenRetry{10};
+// How many times a call retries to open a successor caught mid-creation (kReopenRetry apart).
+constexpr int kCreationRetries = 20;
 
 }  // namespace
 
@@ -51,6 +53,12 @@ struct Client::Impl {
   Status fresh() {
     if (inst != nullptr && !inst->retired()) return {};
     auto r = internal::Instance::open(shm_name);
+    // A successor daemon creates its objects one after another: for a moment one may be
+    // there but not yet sized or filled in. After a restart, give it a little time.
+    for (int attempt = 0; inst != nullptr && !r.ok() && attempt < kCreationRetries; ++attempt) {
+      std::this_thread::sleep_for(kReopenRetry);
+      r = internal::Instance::open(shm_name);
+    }
     if (!r.ok()) {
       Status s = convert(r.status(), /*opening=*/true);
       if (inst == nullptr) return s;

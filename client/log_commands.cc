@@ -57,6 +57,7 @@ int cmd_log_verify(const std::string& data_dir, bool json) {
     j["corrupt_records"] = v.corrupt_records;
     j["bad_headers"] = v.bad_headers;
     j["gaps"] = v.gaps;
+    j["vanished_segments"] = v.vanished;  // deleted by retention while verify ran
     j["first_offset"] = v.first_offset;
     j["end_offset"] = v.end_offset;
     j["first_problem"] = problem_json(v.first_problem);

@@ -165,6 +165,7 @@ struct VerifyReport {
   uint64_t corrupt_records = 0;
   uint64_t bad_headers = 0;
   uint64_t gaps = 0;          // segments whose base offset is not the previous segment's end
+  uint64_t vanished = 0;      // oldest segments deleted (by retention) while verify ran
   uint64_t first_offset = 0;  // base offset of the oldest segment
   uint64_t end_offset = 0;    // just past the last valid record
   std::optional<LogProblem> first_problem;
