@@ -380,17 +380,20 @@ Result<VerifyReport> verify_log(const std::filesystem::path& dir) {
   report.segments = segments->size();
   if (!segments->empty()) report.first_offset = segments->front().base_offset;
   uint64_t expected_base = report.first_offset;
+  bool restart = true;  // the next segment present starts the log
   for (const SegmentInfo& info : *segments) {
     SegmentVerify sv;
     sv.info = info;
-    // Retention (in a running daemon) deletes the oldest segments while this reads: one that
-    // vanished before any was read is simply no longer part of the log.
-    if (report.details.empty() && !std::filesystem::exists(info.path)) {
+    // Retention (in a running daemon) deletes the oldest segments, in order, while this reads:
+    // a segment that vanished took every older one with it, and the log now starts after it.
+    if (!std::filesystem::exists(info.path)) {
       --report.segments;
       ++report.vanished;
+      restart = true;
       continue;
     }
-    if (report.details.empty()) report.first_offset = expected_base = info.base_offset;
+    if (restart) report.first_offset = expected_base = info.base_offset;
+    restart = false;
     if (info.base_offset != expected_base) {
       ++report.gaps;
       sv.first_problem =
@@ -399,9 +402,10 @@ Result<VerifyReport> verify_log(const std::filesystem::path& dir) {
                                  info.base_offset, expected_base)};
     }
     auto reader = SegmentReader::open(info.path, info.base_offset);
-    if (!reader.ok() && report.details.empty() && !std::filesystem::exists(info.path)) {
+    if (!reader.ok() && !std::filesystem::exists(info.path)) {
       --report.segments;  // deleted between the check above and the open
       ++report.vanished;
+      restart = true;
       continue;
     }
     if (!reader.ok()) {

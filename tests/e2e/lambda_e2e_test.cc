@@ -260,6 +260,7 @@ TEST(LambdaE2E, LateDataLandsInItsBucketThroughTheBatchLayer) {
   // Two hours older than the newest event: beyond the 5 min live window.
   DataSet late;
   late.t0 = now.t0 - 2 * kHour;
+  late.t0 += 10 * kSecond - late.t0 % kMinute;  // all 500 ms of them inside one minute
   late.step_ns = 1'000'000;
   const uint64_t late_before = d.counter(Counter::kSpeedLate);
   send_logged(d, late.lines(0, 500), 500);
