@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ipc/shm_object.h"
+#include "model/clock.h"
 #include "model/view.h"
 #include "runnel/client.h"
 
@@ -37,7 +38,6 @@ void install_stop_handler() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-int64_t realtime_ns() { return static_cast<int64_t>(ipc::unix_now_ns()); }
 
 int error(std::string_view command, const std::string& message) {
   std::fprintf(stderr, "runnelctl: %.*s: %s\n", static_cast<int>(command.size()), command.data(),

@@ -14,14 +14,9 @@
 #include "client/log_commands.h"
 #include "client/query_commands.h"
 #include "ipc/stats.h"
+#include "model/clock.h"
 
 namespace {
-
-int64_t realtime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 int cmd_stats(const std::string& shm_name, const std::string& data_dir, bool json) {
   auto seg = runnel::ipc::StatsSegment::open_read_only(shm_name);
@@ -36,7 +31,7 @@ int cmd_stats(const std::string& shm_name, const std::string& data_dir, bool jso
   j["pid"] = b.pid;
   j["started_ns"] = b.started_ns;
   const int64_t hb = b.heartbeat_ns.load(std::memory_order_relaxed);
-  j["heartbeat_age_ms"] = (realtime_ns() - hb) / 1'000'000;
+  j["heartbeat_age_ms"] = (runnel::realtime_ns() - hb) / 1'000'000;
   uint64_t parse_errors = 0;
   for (uint32_t i = 0; i < static_cast<uint32_t>(Counter::kCount); ++i) {
     const auto c = static_cast<Counter>(i);

@@ -14,19 +14,10 @@
 #include <chrono>
 #include <cstring>
 
+#include "model/clock.h"
+
 namespace runnel {
 namespace {
-
-int64_t clock_ms(clockid_t id) {
-  timespec ts;
-  clock_gettime(id, &ts);
-  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
-}
-int64_t realtime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 // Rebuild steps per tick before compaction gets its turn again, so a long rebuild never holds
 // the watermark (and the speed layer's expiry) back for long.
@@ -272,7 +263,7 @@ void BatchLayer::track_versions() {
 }
 
 void BatchLayer::apply_retention() {
-  const int64_t now_ms = clock_ms(CLOCK_MONOTONIC);
+  const int64_t now_ms = monotonic_ms();
   if (last_bucket_retention_ms_ == INT64_MIN ||
       now_ms - last_bucket_retention_ms_ >= options_.bucket_retention_period_ms) {
     last_bucket_retention_ms_ = now_ms;
@@ -338,7 +329,7 @@ void BatchLayer::publish() {
 
 void BatchLayer::report_error(const std::string& what, const Status& s) {
   stats_.add(ipc::Counter::kBatchErrors, 1);
-  const int64_t now_ms = clock_ms(CLOCK_MONOTONIC);
+  const int64_t now_ms = monotonic_ms();
   if (!in_error_ || now_ms - last_error_log_ms_ >= kErrorLogPeriodMs) {
     spdlog::error("batch: {}: {}{}", what, s.ToString(),
                   errors_not_logged_ ? fmt::format(" ({} similar errors since the last message)",

@@ -18,17 +18,12 @@
 #include "daemon/speed_path.h"
 #include "ipc/ring.h"
 #include "ipc/stats.h"
+#include "model/clock.h"
 #include "model/generation.h"
 #include "storage/log_writer.h"
 
 namespace runnel {
 namespace {
-
-int64_t realtime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 storage::LogOptions::FsyncPolicy to_policy(FsyncPolicyKind k) {
   using P = storage::LogOptions::FsyncPolicy;

@@ -17,6 +17,8 @@
 #include <filesystem>
 #include <spdlog/spdlog.h>
 
+#include "model/clock.h"
+
 namespace runnel {
 namespace {
 
@@ -30,12 +32,6 @@ uint64_t pack(Op op, uint32_t gen, uint32_t index) {
 Op op_of(uint64_t ud) { return static_cast<Op>(ud >> 56); }
 uint32_t gen_of(uint64_t ud) { return static_cast<uint32_t>(ud >> 32) & 0xffffff; }
 uint32_t index_of(uint64_t ud) { return static_cast<uint32_t>(ud); }
-
-int64_t realtime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 }  // namespace
 

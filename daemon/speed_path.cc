@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "model/generation.h"
+#include "model/clock.h"
 #include "model/record.h"
 #include "model/view_router.h"
 #include "storage/log_reader.h"
@@ -26,18 +27,6 @@ constexpr int64_t kPressureEvictEveryNs = 20'000'000;
 // Rows a worker remembers as registered in the series dictionary (direct-mapped cache).
 constexpr size_t kKnownRows = 1 << 16;
 
-int64_t realtime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
-// Floor division: the bucket of a negative time starts at or before it.
-int64_t bucket_start(int64_t ts, int64_t width) {
-  int64_t q = ts / width;
-  if (ts % width < 0) --q;
-  return q * width;
-}
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "ipc/shm_object.h"
+#include "model/clock.h"
 #include "model/view.h"
 
 namespace runnel::ipc {
@@ -241,12 +242,8 @@ constexpr uint64_t view_area_bytes(uint32_t shard_count, uint32_t state_bytes,
                   64);
 }
 
-// The bucket a timestamp falls in: floor(ts / width) * width, also for negative timestamps.
-// REQUIRES: ts_ns >= INT64_MIN + width_ns (the floor must fit an i64).
-constexpr int64_t bucket_start(int64_t ts_ns, int64_t width_ns) {
-  const int64_t q = ts_ns / width_ns;
-  return (q - ((ts_ns % width_ns) < 0 ? 1 : 0)) * width_ns;
-}
+// Keys hold bucket starts as model/clock.h computes them.
+using ::runnel::bucket_start;
 
 // Home slot of a key in a shard of `shard_capacity` slots: XXH3-64 (seed 0) of the 24 bytes
 // series_id (u64), bucket_start_ns (i64), width_index (as u64), little-endian, mapped onto

@@ -10,16 +10,12 @@
 #include <cstring>
 #include <new>
 
+#include "model/clock.h"
+
 namespace runnel::ipc {
 namespace {
 
 std::string object_name(const std::string& shm_name) { return "/" + shm_name + ".stats"; }
-
-int64_t realtime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 }  // namespace
 

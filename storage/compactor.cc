@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "model/generation.h"
+#include "model/clock.h"
 #include "model/record.h"
 #include "model/view_router.h"
 #include "storage/log_reader.h"
@@ -26,14 +27,6 @@ namespace {
 // Row ids remembered as named in "series" at most (16 MiB); then the set starts over.
 constexpr size_t kMaxKnownRows = size_t{1} << 20;
 constexpr size_t kMinStepEntries = 1024;
-
-// Floor division, as the speed path buckets: the bucket of a negative time starts at or
-// before it.
-int64_t bucket_start(int64_t ts, int64_t width) {
-  int64_t q = ts / width;
-  if (ts % width < 0) --q;
-  return q * width;
-}
 
 // murmur3's 64-bit finalizer.
 uint64_t mix64(uint64_t h) {
@@ -396,15 +389,15 @@ uint64_t record_generation(const Record& r) { return generation_of(r.ring_epoch,
 // over [from, end) must stop, since that generation may go on past `end` (from itself when the
 // whole range is one generation). Scans the range backwards one segment at a time, so usually
 // only the newest segment is read.
-Result<uint64_t> last_generation_start(const std::filesystem::path& log_dir, uint64_t from, uint64_t end) {
+Result<uint64_t> last_generation_start(const std::filesystem::path& log_dir,
+                                       const std::vector<SegmentInfo>& segments, uint64_t from,
+                                       uint64_t end) {
   if (from >= end) return from;
-  auto segments = list_segments(log_dir);
-  if (!segments.ok()) return segments.status();
   auto reader = LogReader::open(log_dir);
   if (!reader.ok()) return reader.status();
   std::optional<uint64_t> later_generation;  // of the records in [chunk end, end)
   uint64_t chunk_end = end;
-  for (auto seg = segments->rbegin(); seg != segments->rend(); ++seg) {
+  for (auto seg = segments.rbegin(); seg != segments.rend(); ++seg) {
     if (seg->base_offset >= chunk_end) continue;
     const uint64_t chunk_start = std::max(from, seg->base_offset);
     if (Status s = reader->seek(chunk_start); !s.ok()) return s;
@@ -574,7 +567,7 @@ Result<CompactionStats> Compactor::compact(const RunLimits& limits) {
   }
   // The newest sealed generation may continue in the active segment: it waits.
   if (pass.end > pass.from) {
-    auto boundary = last_generation_start(options_.log_dir, pass.from, pass.end);
+    auto boundary = last_generation_start(options_.log_dir, *segments, pass.from, pass.end);
     if (!boundary.ok()) return boundary.status();
     pass.end = *boundary;
   }

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "model/clock.h"
 #include "storage/crc32c.h"
 #include "storage/io_uring_file.h"
 #include "storage/log_reader.h"
@@ -38,12 +39,6 @@ Status validate(const LogOptions& o) {
                                        o.buffer_bytes, kMinBufferBytes, kMaxBufferBytes));
   }
   return Status::Ok();
-}
-
-int64_t realtime_ns() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
 std::array<std::byte, kSegmentHeaderSize> encode_segment_header(uint64_t base_offset,

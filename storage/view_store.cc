@@ -12,6 +12,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "model/clock.h"
+
 namespace runnel::storage {
 namespace {
 
@@ -25,12 +27,6 @@ constexpr size_t kStoreRecordBytes = 24;
 constexpr size_t kWatermarkRecordBytes = 48;
 constexpr size_t kViewRecordHeader = 40;
 constexpr size_t kVersionRecordHeader = 48;
-
-int64_t realtime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
 
 // ----- little-endian records -----
 

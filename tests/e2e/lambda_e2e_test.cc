@@ -76,36 +76,40 @@ std::unique_ptr<client::Client> open_client(const Runneld& d) {
   return c;
 }
 
-// The merged count of every point of the data set, over all hosts.
-uint64_t merged_count(client::Client& c, const DataSet& data, const std::string& view = "default") {
+// Field v of measurement m in `view`, the steps of `step_ns` in [from_ns, to_ns).
+client::Query v_query(const std::string& view, int64_t from_ns, int64_t to_ns, int64_t step_ns) {
   client::Query q;
   q.view = view;
   q.rows.measurement = "m";
   q.rows.field = "v";
-  q.from_ns = data.t0 - 2 * kHour;
-  q.to_ns = data.t0 + 2 * kHour;
-  q.step_ns = kHour;
-  q.outputs = {"count"};
-  client::QueryResult r;
-  client::Status s = c.query(q, &r);
-  EXPECT_TRUE(s.ok()) << s.message();
+  q.from_ns = from_ns;
+  q.to_ns = to_ns;
+  q.step_ns = step_ns;
+  return q;
+}
+
+uint64_t total_count(const client::QueryResult& r) {
   uint64_t n = 0;
   for (const auto& series : r.series)
     for (const auto& p : series.points) n += p.count;
   return n;
 }
 
+// The merged count of every point of the data set, over all hosts.
+uint64_t merged_count(client::Client& c, const DataSet& data, const std::string& view = "default") {
+  client::Query q = v_query(view, data.t0 - 2 * kHour, data.t0 + 2 * kHour, kHour);
+  q.outputs = {"count"};
+  client::QueryResult r;
+  client::Status s = c.query(q, &r);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return total_count(r);
+}
+
 // The merged answer per (host, minute), as the reference has it.
 Reference merged_by_host_minute(client::Client& c, const DataSet& data,
                                 const std::string& view = "default") {
-  client::Query q;
-  q.view = view;
-  q.rows.measurement = "m";
-  q.rows.field = "v";
+  client::Query q = v_query(view, data.t0 - 2 * kHour, data.t0 + 2 * kHour, kMinute);
   q.group_by = "host";
-  q.from_ns = data.t0 - 2 * kHour;
-  q.to_ns = data.t0 + 2 * kHour;
-  q.step_ns = kMinute;
   q.outputs = {"count", "sum"};
   client::QueryResult r;
   client::Status s = c.query(q, &r);
@@ -120,10 +124,7 @@ Reference merged_by_host_minute(client::Client& c, const DataSet& data,
 }
 
 void send_logged(Runneld& d, const std::string& lines, uint64_t n) {
-  const uint64_t before = d.counter(Counter::kLogRecords);
-  send_tcp(d.tcp_port(), lines);
-  ASSERT_TRUE(wait_until([&] { return d.counter(Counter::kLogRecords) >= before + n; }, 20s))
-      << d.counter(Counter::kLogRecords) << " of " << before + n;
+  ASSERT_TRUE(send_tcp_logged(d, lines, n)) << d.counter(Counter::kLogRecords);
 }
 
 TEST(LambdaE2E, EveryMergedAnswerCountsEachAcceptedEventOnceWhileCompactionAndARebuildRun) {
@@ -199,19 +200,13 @@ TEST(LambdaE2E, EveryMergedAnswerCountsEachAcceptedEventOnceWhileCompactionAndAR
   EXPECT_EQ(merged_count(*c, data), kPoints);
   EXPECT_EQ(merged_by_host_minute(*c, data), reference(data, kPoints));
   // Diagnosis views split the same answer.
-  client::Query q;
-  q.view = "default";
-  q.rows.field = "v";
-  q.from_ns = data.t0 - 2 * kHour;
-  q.to_ns = data.t0 + 2 * kHour;
-  q.step_ns = kHour;
+  client::Query q = v_query("default", data.t0 - 2 * kHour, data.t0 + 2 * kHour, kHour);
   uint64_t split = 0;
   for (auto sources : {client::Query::Sources::kBatchOnly, client::Query::Sources::kLiveOnly}) {
     q.sources = sources;
     client::QueryResult r;
     ASSERT_TRUE(c->query(q, &r).ok());
-    for (const auto& s : r.series)
-      for (const auto& p : s.points) split += p.count;
+    split += total_count(r);
   }
   EXPECT_GE(split, kPoints) << "batch-only + live-only cover everything (live may still hold absorbed entries)";
   EXPECT_EQ(d.stop(), 0);
@@ -266,12 +261,7 @@ TEST(LambdaE2E, LateDataLandsInItsBucketThroughTheBatchLayer) {
   send_logged(d, late.lines(0, 500), 500);
   ASSERT_TRUE(wait_until([&] { return d.counter(Counter::kSpeedLate) >= late_before + 500; }, 20s));
   auto c = open_client(d);
-  client::Query q;
-  q.view = "short";
-  q.rows.field = "v";
-  q.from_ns = late.t0 - kMinute;
-  q.to_ns = late.t0 + kMinute;
-  q.step_ns = kMinute;
+  client::Query q = v_query("short", late.t0 - kMinute, late.t0 + kMinute, kMinute);
   q.outputs = {"count"};
   q.sources = client::Query::Sources::kLiveOnly;
   client::QueryResult r;
@@ -283,10 +273,8 @@ TEST(LambdaE2E, LateDataLandsInItsBucketThroughTheBatchLayer) {
   uint64_t got = 0;
   ASSERT_TRUE(wait_until(
       [&] {
-        got = 0;
         if (!c->query(q, &r).ok()) return false;
-        for (const auto& s : r.series)
-          for (const auto& p : s.points) got += p.count;
+        got = total_count(r);
         return got == 500;
       },
       20s))
@@ -318,12 +306,7 @@ TEST(LambdaE2E, AChangedViewDefinitionIsAnsweredByTheNewDefinitionOnceRebuilt) {
   ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
   auto c = open_client(d);
   ASSERT_TRUE(wait_until([&] { return d.counter(Counter::kBatchRebuildsFinished) >= 1; }, 20s));
-  client::Query q;
-  q.view = "v";
-  q.rows.field = "v";
-  q.from_ns = data.t0 - kHour;
-  q.to_ns = data.t0 + kHour;
-  q.step_ns = kMinute;
+  const client::Query q = v_query("v", data.t0 - kHour, data.t0 + kHour, kMinute);
   client::QueryResult r;
   ASSERT_TRUE(wait_until([&] { return c->query(q, &r).ok() && !r.batch_rebuilding; }, 20s));
   ASSERT_EQ(r.outputs, (std::vector<std::string>{"count", "sum", "max"}));

@@ -365,4 +365,11 @@ bool wait_speed_caught_up(const Runneld& d, uint64_t points, std::chrono::millis
       timeout);
 }
 
+bool send_tcp_logged(const Runneld& d, const std::string& lines, uint64_t n,
+                     std::chrono::milliseconds timeout) {
+  const uint64_t before = d.counter(ipc::Counter::kLogRecords);
+  send_tcp(d.tcp_port(), lines);
+  return wait_until([&] { return d.counter(ipc::Counter::kLogRecords) >= before + n; }, timeout);
+}
+
 }  // namespace runnel::e2e

@@ -103,4 +103,8 @@ class RunnelctlProcess {
 bool wait_speed_caught_up(const Runneld& d, uint64_t points,
                           std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
+// Sends `n` lines over TCP and waits until the log holds `n` more records; false on timeout.
+bool send_tcp_logged(const Runneld& d, const std::string& lines, uint64_t n,
+                     std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
 }  // namespace runnel::e2e
