@@ -20,50 +20,93 @@ namespace runnel {
 namespace {
 
 constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
-// Eviction scans a whole shard; without pressure it runs at most this often (ns of wall time),
-// under pressure at most every kPressureEvictEveryNs (the 70% threshold leaves room between).
+// Evictions look at the oldest entries of a shard (ShardWriter::evict_oldest), in proportion to
+// the inserts they make room for: kLooksPerInsert per insert, twice that under pressure, and
+// at least kMinLooks per batch. Without inserts, once per kEvictEveryNs (ns of wall time).
+constexpr uint64_t kLooksPerInsert = 2;
+constexpr uint64_t kMinLooks = 256;
 constexpr int64_t kEvictEveryNs = 1'000'000'000;
+// Under pressure the live window halves at most this often (ns of wall time).
 constexpr int64_t kPressureEvictEveryNs = 20'000'000;
-// Rows a worker remembers as registered in the series dictionary (direct-mapped cache).
-constexpr size_t kKnownRows = 1 << 16;
+// Updates whose entries are prefetched ahead of the one being applied.
+constexpr size_t kPrefetchAhead = 4;
+// A shard is under pressure from this load (tenths of its slots occupied or tombstones) on:
+// linear probing slows down sharply as the load grows.
+constexpr uint64_t kPressureTenths = 4;
 
+// Row ids a worker registered in the series dictionary: open addressing with linear probing,
+// cleared when half full (registering a row again is harmless: the dictionary keeps the first
+// key of an id). Allocated once.
+class KnownRows {
+ public:
+  KnownRows() : slots_(kSlots, 0) {}
+  // True if `id` was not known (and is now).
+  bool insert(uint64_t id) {
+    if (id == 0) return true;  // 0 marks an empty slot: never remembered
+    for (size_t i = (id * 0x9E3779B97F4A7C15ULL) >> (64 - kSlotBits);; i = (i + 1) & (kSlots - 1)) {
+      if (slots_[i] == id) return false;
+      if (slots_[i] == 0) {
+        if (++used_ > kSlots / 2) {
+          std::fill(slots_.begin(), slots_.end(), 0);
+          used_ = 1;
+          i = (id * 0x9E3779B97F4A7C15ULL) >> (64 - kSlotBits);
+        }
+        slots_[i] = id;
+        return true;
+      }
+    }
+  }
+
+ private:
+  static constexpr unsigned kSlotBits = 17;
+  static constexpr size_t kSlots = size_t{1} << kSlotBits;
+  std::vector<uint64_t> slots_;
+  size_t used_ = 0;
+};
 
 }  // namespace
 
+// One routed row update of the current batch.
+struct SpeedPath::Pending {
+  uint64_t row_id;
+  int64_t ts_ns;
+  double value;
+  uint64_t distinct_hash;
+  uint64_t pos;
+  uint64_t generation;
+  uint32_t view;
+  bool has_distinct;
+};
+
 struct SpeedPath::Worker {
   ViewRouter router;
+  // Apply round: this worker's shard of every view.
   std::vector<ipc::ShardWriter> writers;  // per view
-  // Per view: how far back (ns) this shard keeps buckets. Starts at the view's live window and
-  // is halved (down to the largest bucket width) while the shard is under pressure.
+  // Per view: how far back (ns) this shard keeps buckets by age. Starts at the view's live
+  // window and is halved (down to the smallest bucket width) while the shard is under pressure.
   std::vector<int64_t> window_ns;
+  std::vector<int64_t> last_pressure_ns;    // per view: when the window last halved
   std::vector<uint64_t> overflow_in_batch;  // per view
-  std::vector<uint64_t> known_rows;       // kKnownRows ids already in the dictionary
+  std::vector<uint64_t> inserts_seen;       // per view: the shard's inserts() at the last eviction
+  bool evict_more = false;  // an eviction ran out of looks: evictable entries may be left
+  std::vector<bool> view_changed;
   uint64_t events_late = 0;
   uint64_t events_overflow = 0;
   uint64_t forced_evictions = 0;  // entries evicted before their live window ran out
-  int64_t max_ts = INT64_MIN;
   int64_t last_evict_ns = 0;
-  int64_t last_pressure_evict_ns = 0;
-  std::vector<uint64_t> evicted_generation;  // per view: absorbed generations evicted here
-  std::vector<bool> view_changed;
-  // One routed row update of the current batch; reserved once, reused for every batch.
-  struct Pending {
-    uint64_t row_id;
-    int64_t ts_ns;
-    double value;
-    uint64_t distinct_hash;
-    uint64_t pos;
-    uint64_t generation;
-    uint32_t view;
-    bool has_distinct;
-  };
-  std::vector<Pending> pending;
   // A private copy of the entry state being updated (the largest state of any view).
   std::vector<std::byte> scratch;
-  // The batch this worker finished last: stored with release at the end of process(), loaded
-  // with acquire by fold_batch() before it reads the counters above.
+  // Route round: this worker's slice of the batch.
+  KnownRows known_rows;
+  std::vector<std::vector<Pending>> outbox;  // per destination shard; reserved once
+  std::vector<uint64_t> late;                // per destination shard and view: late updates
+  int64_t max_ts = INT64_MIN;
+  // The batch whose route (apply) round this worker finished last: stored with release at the
+  // end of the round, loaded with acquire by whoever reads the results (the other workers'
+  // apply round; fold_batch()).
+  std::atomic<uint64_t> routed_batch{0};
   std::atomic<uint64_t> done_batch{0};
-  explicit Worker(std::vector<ViewDef> views) : router(std::move(views)), known_rows(kKnownRows, 0) {}
+  explicit Worker(std::vector<ViewDef> views) : router(std::move(views)) {}
 };
 
 SpeedPath::SpeedPath(const Config& config, ipc::Ring& ring, ipc::StatsBlock& stats)
@@ -108,21 +151,26 @@ Status SpeedPath::open(std::string_view batch_dir) {
   if (!series.ok()) return series.status();
   series_.emplace(std::move(series.value()));
 
+  const size_t views = config_.views.size();
   for (uint32_t s = 0; s < shards; ++s) {
     auto w = std::make_unique<Worker>(config_.views);
-    for (uint32_t v = 0; v < config_.views.size(); ++v) {
+    for (uint32_t v = 0; v < views; ++v) {
       auto writer = live_->attach_writer(v, s);
       if (!writer.ok()) return writer.status();
       w->writers.push_back(std::move(writer.value()));
+      w->window_ns.push_back(config_.views[v].live_window_ns);
     }
-    w->view_changed.assign(config_.views.size(), false);
-    w->evicted_generation.assign(config_.views.size(), 0);
-    // Every record of a batch could feed every view with several fields: grows past this
-    // only for wide records, once.
-    w->pending.reserve(size_t{config_.speed_batch_records} * 4);
+    w->last_pressure_ns.assign(views, 0);
+    w->overflow_in_batch.assign(views, 0);
+    w->inserts_seen.assign(views, 0);
+    for (ipc::ShardWriter& writer : w->writers) writer.track_inserts();
+    w->view_changed.assign(views, false);
     for (const AggregateLayout& l : layouts_) w->scratch.resize(std::max(w->scratch.size(), l.state_bytes()));
-    w->overflow_in_batch.assign(config_.views.size(), 0);
-    for (const auto& def : config_.views) w->window_ns.push_back(def.live_window_ns);
+    // A slice's updates may all go to one shard, and every record could feed every view with
+    // several fields: an outbox grows past this only for wide records, once.
+    w->outbox.resize(shards);
+    for (auto& o : w->outbox) o.reserve(size_t{config_.speed_batch_records} * 4 / shards + 64);
+    w->late.assign(size_t{shards} * views, 0);
     workers_.push_back(std::move(w));
   }
   batch_.reserve(config_.speed_batch_records);
@@ -220,16 +268,17 @@ void SpeedPath::start() {
   thread_ = std::thread([this] { run(); });
 }
 
-void SpeedPath::process(Worker& w, uint32_t shard) {
+void SpeedPath::route(Worker& w, size_t begin, size_t end) {
   // Acquire: pairs with the release increment in fold_batch(), so batch_ and what the consumer
   // thread set for this batch are visible (also without relying on oneTBB's own ordering).
   const uint64_t batch = batch_seq_.load(std::memory_order_acquire);
-  const uint32_t shards = config_.speed_workers;
+  const uint64_t shard_mask = config_.speed_workers - 1;
+  const size_t views = config_.views.size();
   const int64_t watermark = batch_watermark_ns_;
-  // Pass 1: route the batch into this shard's pending updates (late ones are only counted,
-  // new rows are registered in the series dictionary).
-  w.pending.clear();
-  for (const RecordRef& ref : batch_) {
+  for (auto& o : w.outbox) o.clear();
+  std::fill(w.late.begin(), w.late.end(), 0);
+  for (size_t i = begin; i < end; ++i) {
+    const RecordRef& ref = batch_[i];
     RecordView rec;
     const char* reason = "";
     // The ring holds only records runneld's parser built; a failure here means memory
@@ -238,51 +287,88 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
     const int64_t ts = rec.ts_ns();
     if (ts > w.max_ts) w.max_ts = ts;
     w.router.route(
-        rec, [&](uint64_t group_hash) { return (group_hash & (shards - 1)) == shard; },
+        rec, [](uint64_t) { return true; },
         [&](const RowUpdate& u) {
+          const uint64_t dest = u.group_hash & shard_mask;
           const ViewDef& def = w.router.views()[u.view];
           if (watermark != INT64_MIN && ts < watermark - def.live_window_ns) {
-            w.writers[u.view].add_late();
-            ++w.events_late;
+            ++w.late[dest * views + u.view];
             return;
           }
-          uint64_t& known = w.known_rows[u.row_id & (kKnownRows - 1)];
-          if (known != u.row_id) {
+          if (w.known_rows.insert(u.row_id)) {
             series_->insert(u.row_id, w.router.row_key(rec, u.view, u.field));
-            known = u.row_id;
           }
-          w.pending.push_back({u.row_id, ts, u.value, u.distinct_hash, ref.pos, ref.generation, u.view,
-                               u.has_distinct});
+          w.outbox[dest].push_back(
+              {u.row_id, ts, u.value, u.distinct_hash, ref.pos, ref.generation, u.view, u.has_distinct});
         });
   }
-  // Pass 2: fold them in. The table is far larger than the caches, so each update's entries
-  // are prefetched kPrefetchAhead updates early and the memory latencies overlap.
-  constexpr size_t kPrefetchAhead = 8;
-  auto keys_of = [&](const Worker::Pending& p, ipc::EntryKey* keys) {
-    const auto& widths = config_.views[p.view].widths_ns;
-    for (uint32_t wi = 0; wi < widths.size(); ++wi) {
-      keys[wi] = {p.row_id, wi, bucket_start(p.ts_ns, widths[wi]), p.generation};
+  w.routed_batch.store(batch, std::memory_order_release);  // pairs with apply()'s acquire
+}
+
+void SpeedPath::apply(Worker& w, uint32_t shard) {
+  const uint64_t batch = batch_seq_.load(std::memory_order_acquire);
+  const size_t views = config_.views.size();
+  // Slices in batch order, so each entry sees its events in ring order.
+  for (const auto& from : workers_) {
+    // Acquire: pairs with the release store at the end of route(); the outbox is complete.
+    if (from->routed_batch.load(std::memory_order_acquire) != batch) {
+      spdlog::critical("speed path: a worker did not route batch {}", batch);
+      continue;
     }
-    return static_cast<uint32_t>(widths.size());
-  };
-  ipc::EntryKey keys[ViewDef::kMaxWidths];
-  const size_t n = w.pending.size();
-  for (size_t i = 0; i < std::min(n, kPrefetchAhead); ++i) {
-    const uint32_t k = keys_of(w.pending[i], keys);
-    for (uint32_t wi = 0; wi < k; ++wi) w.writers[w.pending[i].view].prefetch(keys[wi]);
+    apply_updates(w, from->outbox[shard]);
+    for (uint32_t v = 0; v < views; ++v) {
+      const uint64_t late = from->late[shard * views + v];
+      if (late == 0) continue;
+      w.writers[v].add_late(late);
+      w.events_late += late;
+    }
   }
-  for (size_t i = 0; i < n; ++i) {
-    if (i + kPrefetchAhead < n) {
-      const Worker::Pending& ahead = w.pending[i + kPrefetchAhead];
-      const uint32_t k = keys_of(ahead, keys);
-      for (uint32_t wi = 0; wi < k; ++wi) w.writers[ahead.view].prefetch(keys[wi]);
+  for (uint32_t v = 0; v < views; ++v) {
+    if (w.view_changed[v]) live_->end_batch(v);
+    w.view_changed[v] = false;
+  }
+  evict(w, batch_.empty());
+  w.done_batch.store(batch, std::memory_order_release);  // pairs with fold_batch()'s acquire
+}
+
+void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
+  // The table is far larger than the caches: each update's entries are prefetched
+  // kPrefetchAhead updates early, so the memory latencies overlap. Keys and home slots are
+  // computed once, at the prefetch, into a ring of kPrefetchAhead.
+  struct Prepared {
+    ipc::EntryKey keys[ViewDef::kMaxWidths];
+    uint64_t homes[ViewDef::kMaxWidths];
+    uint32_t count;
+  };
+  Prepared ahead[kPrefetchAhead];
+  // The bucket starts of the last update prepared: the fields of one record follow each other
+  // and share them (a division per width saved).
+  const Pending* last = nullptr;
+  int64_t starts[ViewDef::kMaxWidths];
+  auto prepare = [&](const Pending& p, Prepared& out) {
+    const auto& widths = config_.views[p.view].widths_ns;
+    const ipc::ShardWriter& writer = w.writers[p.view];
+    out.count = static_cast<uint32_t>(widths.size());
+    if (last == nullptr || last->ts_ns != p.ts_ns || last->view != p.view) {
+      for (uint32_t wi = 0; wi < out.count; ++wi) starts[wi] = bucket_start(p.ts_ns, widths[wi]);
     }
-    const Worker::Pending& p = w.pending[i];
+    last = &p;
+    for (uint32_t wi = 0; wi < out.count; ++wi) {
+      out.keys[wi] = {p.row_id, wi, starts[wi], p.generation};
+      out.homes[wi] = writer.home(out.keys[wi]);
+      writer.prefetch(out.homes[wi]);
+    }
+  };
+  const size_t n = updates.size();
+  for (size_t i = 0; i < std::min(n, kPrefetchAhead); ++i) prepare(updates[i], ahead[i]);
+  for (size_t i = 0; i < n; ++i) {
+    const Pending& p = updates[i];
+    Prepared& cur = ahead[i % kPrefetchAhead];
     ipc::ShardWriter& writer = w.writers[p.view];
     const AggregateLayout& layout = layouts_[p.view];
-    const uint32_t k = keys_of(p, keys);
-    for (uint32_t wi = 0; wi < k; ++wi) {
-      ipc::LiveEntry* e = writer.find_or_insert(keys[wi]);
+    const std::span<std::byte> scratch(w.scratch.data(), layout.state_bytes());
+    for (uint32_t wi = 0; wi < cur.count; ++wi) {
+      ipc::LiveEntry* e = writer.find_or_insert(cur.keys[wi], cur.homes[wi]);
       if (e == nullptr) {
         writer.add_overflow();
         ++w.events_overflow;
@@ -292,72 +378,77 @@ void SpeedPath::process(Worker& w, uint32_t shard) {
       writer.begin_write(e);
       // Readers in other threads copy the state while it changes (the seqlock discards such a
       // copy); the live layout has every state word written atomically so that this is no data
-      // race: update a private copy, then store it word by word. Reading the entry plainly is
-      // fine: this worker is its only writer.
-      const std::span<std::byte> scratch(w.scratch.data(), layout.state_bytes());
-      std::memcpy(scratch.data(), writer.state(e).data(), scratch.size());
+      // race: update a private copy, then store it word by word.
+      writer.copy_state(e, scratch);
       layout.update(scratch, p.value, p.ts_ns, p.distinct_hash, p.has_distinct);
       writer.store_state(e, scratch);
       writer.note_position(e, p.pos);
       writer.end_write(e);
     }
     w.view_changed[p.view] = true;
+    if (i + kPrefetchAhead < n) prepare(updates[i + kPrefetchAhead], cur);
   }
-  for (uint32_t v = 0; v < w.view_changed.size(); ++v) {
-    if (w.view_changed[v]) live_->end_batch(v);
-    w.view_changed[v] = false;
-  }
-  evict(w);
-  w.done_batch.store(batch, std::memory_order_release);  // pairs with fold_batch()'s acquire
 }
 
-void SpeedPath::evict(Worker& w) {
-  // Absorbed generations leave first: the batch views hold them (announced by the consumer
-  // thread before this pass, see fold_batch()).
-  for (uint32_t v = 0; v < w.writers.size(); ++v) {
-    const uint64_t absorbed = evicted_generation_[v];
-    if (absorbed <= w.evicted_generation[v]) continue;
-    w.writers[v].evict_if([&](const ipc::EntryMeta& m) { return m.key.generation <= absorbed; });
-    w.evicted_generation[v] = absorbed;
-  }
+void SpeedPath::evict(Worker& w, bool idle) {
+  // The rules, applied to the oldest entries of the shard (in insertion order) after every
+  // batch:
+  // - absorbed generations leave: the batch views hold them (announced by the consumer thread
+  //   before this round, see fold_batch());
+  // - by age, a bucket whose end lies more than the window before the event-time watermark
+  //   leaves. The window is the view's live_window; while a shard is under pressure (an update
+  //   found no room, or 40% of its slots hold entries or tombstones) it halves, down to the
+  //   smallest bucket width (a bucket still open at the watermark is never evicted), and grows
+  //   back by doubling each second once the pressure is gone. With a batch layer the age rule
+  //   applies only while the window is shrunk: entries leave once absorbed, and whatever left
+  //   early (counted as forced) is the batch layer's.
+  // The oldest entry that stays is queued again if entries behind it may still be evictable:
+  // under pressure (the oldest entries may come from a stream far behind the others), or when
+  // it is a wide bucket still open that started before the cutoff; otherwise the look ends.
   const int64_t watermark = batch_watermark_ns_;
-  if (watermark == INT64_MIN) return;
-  const bool absorbing = absorbing_;
   const int64_t now = realtime_ns();
   const bool periodic = now - w.last_evict_ns >= kEvictEveryNs;
-  if (now - w.last_pressure_evict_ns < kPressureEvictEveryNs && !periodic) return;
-  // The rule: a bucket whose end lies more than the window before the event-time watermark
-  // leaves the live table. The window is the view's live_window; while a shard is under
-  // pressure (an update found no room, or 70% of its slots hold entries or tombstones) the window halves, down to the
-  // smallest bucket width (a bucket still open at the watermark is never evicted), and grows
-  // back by doubling once the pressure is gone. The batch layer owns whatever left early.
+  if (periodic) w.last_evict_ns = now;
+  w.evict_more = false;
   for (uint32_t v = 0; v < w.writers.size(); ++v) {
     const ViewDef& def = config_.views[v];
-    const ipc::ShardWriter& writer = w.writers[v];
-    // Linear probing slows down sharply past ~70% load (tombstones count: probes pass them).
+    ipc::ShardWriter& writer = w.writers[v];
+    // Linear probing slows down sharply as the load grows (tombstones count: probes pass them).
     const bool pressure = w.overflow_in_batch[v] > 0 ||
-                          (writer.used() + writer.tombstones()) * 10 >= writer.capacity() * 7;
+                          (writer.used() + writer.tombstones()) * 10 >= writer.capacity() * kPressureTenths;
     w.overflow_in_batch[v] = 0;
     int64_t& window = w.window_ns[v];
-    if (pressure) {
+    if (pressure && now - w.last_pressure_ns[v] >= kPressureEvictEveryNs) {
       window = std::max(window / 2, def.widths_ns.front());
-    } else if (periodic) {
+      w.last_pressure_ns[v] = now;
+    } else if (!pressure && periodic) {
       window = std::min(window * 2, def.live_window_ns);
-      // With a batch layer, entries leave once absorbed (above); by age only under pressure.
-      if (absorbing) continue;
-    } else {
-      continue;
     }
-    const int64_t cutoff = watermark - window;
-    const uint64_t evicted = w.writers[v].evict_if([&](const ipc::EntryMeta& m) {
-      return m.key.bucket_start_ns + def.widths_ns[m.key.width_index] <= cutoff;
-    });
-    if (pressure) {
-      w.forced_evictions += evicted;
-      w.last_pressure_evict_ns = now;
-    }
+    const uint64_t absorbed = evicted_generation_[v];
+    const bool shrunk = window < def.live_window_ns;
+    const bool by_age = watermark != INT64_MIN && (!absorbing_ || shrunk);
+    if (absorbed == kNoGeneration && !by_age) continue;
+    const int64_t cutoff = by_age ? watermark - window : INT64_MIN;
+
+    const uint64_t inserts = writer.inserts();
+    uint64_t looks = (inserts - w.inserts_seen[v]) * kLooksPerInsert * (pressure ? 2 : 1) + kMinLooks;
+    w.inserts_seen[v] = inserts;
+    if (idle || (periodic && !pressure)) looks = writer.queued();
+    uint64_t forced = 0;
+    bool stopped = true;
+    writer.evict_oldest(
+        looks,
+        [&](const ipc::EntryMeta& m) {
+          if (absorbed != kNoGeneration && m.key.generation <= absorbed) return true;
+          if (!by_age || m.key.bucket_start_ns > cutoff - def.widths_ns[m.key.width_index]) return false;
+          if (shrunk) ++forced;
+          return true;
+        },
+        [&](const ipc::EntryMeta& m) { return pressure || (by_age && m.key.bucket_start_ns <= cutoff); },
+        &stopped);
+    w.forced_evictions += forced;
+    w.evict_more = w.evict_more || !stopped;
   }
-  if (periodic) w.last_evict_ns = now;
 }
 
 void SpeedPath::run() {
@@ -383,7 +474,7 @@ void SpeedPath::run() {
       stats_.set(ipc::Counter::kRingSpeedPos, consumer_->position());
       continue;
     }
-    if (announce_absorbed()) {
+    if (announce_absorbed() || evict_pending_) {
       batch_.clear();
       fold_batch(arena);  // evicts what the batch layer absorbed meanwhile
     }
@@ -405,8 +496,13 @@ void SpeedPath::fold_batch(tbb::task_arena& arena) {
   // this pair (and done_batch) states the hand-off in code that TSan checks.
   const uint64_t batch = batch_seq_.fetch_add(1, std::memory_order_release) + 1;
   arena.execute([&] {
-    tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t s) { process(*workers_[s], s); });
+    const size_t n = batch_.size();
+    tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t r) {
+      route(*workers_[r], n * r / shards, n * (r + 1) / shards);
+    });
+    tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t s) { apply(*workers_[s], s); });
   });
+  evict_pending_ = false;
   int64_t max_ts = INT64_MIN;
   uint64_t late = 0, overflow = 0, forced = 0;
   for (auto& w : workers_) {
@@ -418,6 +514,7 @@ void SpeedPath::fold_batch(tbb::task_arena& arena) {
     late += w->events_late;
     overflow += w->events_overflow;
     forced += w->forced_evictions;
+    evict_pending_ = evict_pending_ || (absorbing_ && w->evict_more);
     w->events_late = w->events_overflow = w->forced_evictions = 0;
   }
   const int64_t capped = std::min(max_ts, realtime_ns() + kFutureSkewNs);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -25,10 +26,13 @@ namespace runnel {
 // open() and start() at start-up, stop_and_drain() at shutdown, from one thread (main).
 //
 // Work split: the consumer thread peeks a batch of ring records (zero-copy, they stay valid
-// until advance), then runs one task per shard in a oneTBB arena; the task for shard s routes
-// every record and applies only the rows whose id maps to s (model/view_router.h keeps all
-// fields of a group in one shard). So no two workers ever write one entry, and no lock is taken.
-// Ring space is released after every shard finished the batch.
+// until advance), then runs two rounds of one task per worker in a oneTBB arena. Route: worker
+// r validates and routes its slice of the batch once, registers new rows in the series
+// dictionary, and sorts the row updates into one outbox per destination shard (the shard of
+// the row id; model/view_router.h keeps all fields of a group in one shard). Apply: worker s
+// folds the updates of every outbox for shard s, in batch order, into its shard of each view,
+// then sweeps a part of the shard for evictions. So no two workers ever write one entry, and
+// no lock is taken. Ring space is released after every shard finished the batch.
 class SpeedPath {
  public:
   SpeedPath(const Config& config, ipc::Ring& ring, ipc::StatsBlock& stats);
@@ -77,8 +81,13 @@ class SpeedPath {
   void fold_batch(tbb::task_arena& arena);
   // Announces newly absorbed generations to clients (before evicting them); true if any.
   bool announce_absorbed();
-  void process(Worker& w, uint32_t shard);
-  void evict(Worker& w);
+  struct Pending;
+  // Route round: records [begin, end) of batch_ into w's outboxes.
+  void route(Worker& w, size_t begin, size_t end);
+  // Apply round: every outbox's updates for `shard` into w's shard, then evictions.
+  void apply(Worker& w, uint32_t shard);
+  void apply_updates(Worker& w, std::span<const Pending> updates);
+  void evict(Worker& w, bool idle);
 
   const Config& config_;
   ipc::Ring& ring_;
@@ -95,6 +104,7 @@ class SpeedPath {
   std::vector<uint64_t> evicted_generation_;  // per view: announced (consumer thread)
   int64_t batch_watermark_ns_ = INT64_MIN;  // frozen for the duration of one batch
   std::atomic<uint64_t> batch_seq_{0};      // batches handed to the workers (fold_batch)
+  bool evict_pending_ = false;  // a worker may still hold absorbed entries to evict
   std::thread thread_;
   std::atomic<bool> stop_{false};
   Status final_status_;

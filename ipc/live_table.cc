@@ -470,7 +470,8 @@ ShardWriter::ShardWriter(const LiveTablesView& tables, uint32_t view, uint32_t s
       state_bytes_(desc_->state_bytes),
       max_probe_(desc_->max_probe),
       view_(view),
-      shard_(shard) {}
+      shard_(shard),
+      shard_count_(desc_->shard_count) {}
 
 ShardWriter::ShardWriter(ShardWriter&& other) noexcept { *this = std::move(other); }
 
@@ -488,6 +489,10 @@ ShardWriter& ShardWriter::operator=(ShardWriter&& other) noexcept {
     max_probe_ = other.max_probe_;
     view_ = other.view_;
     shard_ = other.shard_;
+    shard_count_ = other.shard_count_;
+    queue_ = std::move(other.queue_);
+    queue_head_ = other.queue_head_;
+    queue_size_ = other.queue_size_;
   }
   return *this;
 }
@@ -522,6 +527,11 @@ void ShardWriter::end_write(LiveEntry* e) {
   e->seq.store(e->seq.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
+void ShardWriter::copy_state(const LiveEntry* e, std::span<std::byte> out) const {
+  load_state(reinterpret_cast<const std::byte*>(e) + kEntryHeaderBytes, out.data(),
+             static_cast<uint32_t>(std::min<size_t>(out.size(), state_bytes_)));
+}
+
 std::span<std::byte> ShardWriter::state(LiveEntry* e) const {
   return {reinterpret_cast<std::byte*>(e) + kEntryHeaderBytes, state_bytes_};
 }
@@ -554,15 +564,22 @@ EntryMeta ShardWriter::meta(const LiveEntry* e) const {
   return m;
 }
 
-void ShardWriter::prefetch(const EntryKey& key) const {
-  const uint64_t i = home_slot(key.series_id, key.width_index, key.bucket_start_ns, capacity_);
-  __builtin_prefetch(slot(i), 1);
+uint64_t ShardWriter::home(const EntryKey& key) const {
+  return home_slot(key.series_id, key.width_index, key.bucket_start_ns, capacity_);
 }
 
-LiveEntry* ShardWriter::find_or_insert(const EntryKey& key) {
-  if (key.series_id % desc_->shard_count != shard_ || key.width_index >= desc_->width_count)
+void ShardWriter::prefetch(uint64_t home) const {
+  // An entry may straddle two cache lines: load both (for writing).
+  const std::byte* e = entries_ + home * entry_bytes_;
+  __builtin_prefetch(e, 1);
+  __builtin_prefetch(e + entry_bytes_ - 1, 1);
+}
+
+LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, uint64_t home) {
+  if (key.series_id % shard_count_ != shard_ || key.width_index >= desc_->width_count ||
+      home >= capacity_)
     return nullptr;
-  uint64_t i = home_slot(key.series_id, key.width_index, key.bucket_start_ns, capacity_);
+  uint64_t i = home;
   LiveEntry* free_slot = nullptr;
   for (uint32_t n = 0; n < max_probe_; ++n) {
     LiveEntry* e = slot(i);
@@ -597,6 +614,12 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key) {
   bump(counters_->entries_used, 1);
   bump(counters_->inserts, 1);
   if (reused) bump(counters_->tombstones, -1);
+  if (!queue_.empty() && queue_size_ < capacity_) {
+    // Never full: a queued slot is occupied, and each occupied slot is queued once.
+    queue_[(queue_head_ + queue_size_) % capacity_] =
+        static_cast<uint32_t>((reinterpret_cast<std::byte*>(free_slot) - entries_) / entry_bytes_);
+    ++queue_size_;
+  }
   return free_slot;
 }
 
@@ -606,39 +629,128 @@ void ShardWriter::set_flags(LiveEntry* e, uint32_t flags) {
   end_write(e);
 }
 
+int64_t ShardWriter::remove(uint64_t i) {
+  // Relaxed flag loads: this thread is the shard's only writer and reads its own stores.
+  auto empty = [&](uint64_t k) { return slot(k)->flags.load(std::memory_order_relaxed) == kSlotEmpty; };
+  const uint64_t next = i + 1 == capacity_ ? 0 : i + 1;
+  bump(counters_->entries_used, -1);
+  bump(counters_->evictions, 1);
+  if (next == i || !empty(next)) {
+    set_flags(slot(i), kSlotTombstone);
+    return 1;
+  }
+  // No chain crosses a slot whose next slot is empty; then none crosses the tombstones just
+  // before it either.
+  set_flags(slot(i), kSlotEmpty);
+  int64_t emptied = 0;
+  for (uint64_t k = i == 0 ? capacity_ - 1 : i - 1; k != i; k = k == 0 ? capacity_ - 1 : k - 1) {
+    LiveEntry* e = slot(k);
+    if (e->flags.load(std::memory_order_relaxed) != kSlotTombstone) break;
+    set_flags(e, kSlotEmpty);
+    ++emptied;
+  }
+  return -emptied;
+}
+
 uint64_t ShardWriter::evict_if(const std::function<bool(const EntryMeta&)>& pred) {
-  uint64_t evicted = 0;
+  // Walking backwards from an empty slot (if there is one), a slot's next slot has been
+  // visited already, so every tombstone run that ends at an empty slot empties in one pass.
+  uint64_t start = 0;
   for (uint64_t i = 0; i < capacity_; ++i) {
+    if (slot(i)->flags.load(std::memory_order_relaxed) == kSlotEmpty) {
+      start = i;
+      break;
+    }
+  }
+  uint64_t evicted = 0;
+  int64_t tombstones = 0;
+  for (uint64_t n = 0, i = start; n < capacity_; ++n, i = i == 0 ? capacity_ - 1 : i - 1) {
     LiveEntry* e = slot(i);
-    if (e->flags.load(std::memory_order_relaxed) == kSlotOccupied && pred(meta(e))) {
-      set_flags(e, kSlotTombstone);
+    const uint32_t flags = e->flags.load(std::memory_order_relaxed);
+    if (flags == kSlotOccupied && pred(meta(e))) {
+      tombstones += remove(i);
       ++evicted;
     }
   }
-  bump(counters_->entries_used, -static_cast<int64_t>(evicted));
-  bump(counters_->evictions, static_cast<int64_t>(evicted));
-  bump(counters_->tombstones, static_cast<int64_t>(evicted));
-
-  // A tombstone followed by an empty slot bridges no chain: walking backwards from an empty
-  // slot, every tombstone met before the next occupied slot becomes empty.
-  if (counters_->tombstones.load(std::memory_order_relaxed) == 0) return evicted;
-  uint64_t start = capacity_;
-  for (uint64_t i = 0; i < capacity_ && start == capacity_; ++i)
-    if (slot(i)->flags.load(std::memory_order_relaxed) == kSlotEmpty) start = i;
-  if (start == capacity_) return evicted;  // no empty slot: every tombstone may bridge a chain
-  int64_t reclaimed = 0;
-  bool after_empty = true;
-  for (uint64_t k = 1; k < capacity_; ++k) {
-    LiveEntry* e = slot((start + capacity_ - k) % capacity_);
-    const uint32_t flags = e->flags.load(std::memory_order_relaxed);
-    if (flags == kSlotTombstone && after_empty) {
-      set_flags(e, kSlotEmpty);
-      ++reclaimed;
-    } else {
-      after_empty = flags == kSlotEmpty;
+  // Tombstones left before an empty slot by earlier evictions.
+  for (uint64_t i = 0; i < capacity_; ++i) {
+    const uint64_t next = i + 1 == capacity_ ? 0 : i + 1;
+    if (next != i && slot(i)->flags.load(std::memory_order_relaxed) == kSlotTombstone &&
+        slot(next)->flags.load(std::memory_order_relaxed) == kSlotEmpty) {
+      set_flags(slot(i), kSlotEmpty);
+      --tombstones;
+      for (uint64_t k = i == 0 ? capacity_ - 1 : i - 1; k != i; k = k == 0 ? capacity_ - 1 : k - 1) {
+        if (slot(k)->flags.load(std::memory_order_relaxed) != kSlotTombstone) break;
+        set_flags(slot(k), kSlotEmpty);
+        --tombstones;
+      }
     }
   }
-  bump(counters_->tombstones, -reclaimed);
+  bump(counters_->tombstones, tombstones);
+  if (queue_size_ > 0) {
+    // Drop queued slots that no longer hold an entry (or were refilled: queued twice).
+    std::vector<uint32_t> kept;
+    std::vector<bool> seen(capacity_, false);
+    for (uint64_t n = 0; n < queue_size_; ++n) {
+      const uint32_t i = queue_[(queue_head_ + n) % capacity_];
+      if (!seen[i] && slot(i)->flags.load(std::memory_order_relaxed) == kSlotOccupied) kept.push_back(i);
+      seen[i] = true;
+    }
+    std::copy(kept.begin(), kept.end(), queue_.begin());
+    queue_head_ = 0;
+    queue_size_ = kept.size();
+  }
+  return evicted;
+}
+
+uint64_t ShardWriter::inserts() const {
+  return counters_->inserts.load(std::memory_order_relaxed);
+}
+
+void ShardWriter::track_inserts() {
+  if (queue_.empty()) queue_.assign(capacity_, 0);
+}
+
+uint64_t ShardWriter::evict_oldest(uint64_t max_looks,
+                                   const std::function<bool(const EntryMeta&)>& evict,
+                                   const std::function<bool(const EntryMeta&)>& more,
+                                   bool* stopped) {
+  constexpr uint64_t kAhead = 8;  // queued slots prefetched ahead of the one looked at
+  uint64_t evicted = 0;
+  int64_t tombstones = 0;
+  bool stop = false;
+  uint64_t n = 0;
+  for (; n < max_looks && queue_size_ > 0; ++n) {
+    if (queue_size_ > kAhead) {
+      // The entry's header, and the next slot's, which an eviction checks for empty.
+      const uint32_t ahead = queue_[(queue_head_ + kAhead) % capacity_];
+      __builtin_prefetch(slot(ahead), 1);
+      __builtin_prefetch(slot(ahead + 1 == capacity_ ? 0 : ahead + 1), 0);
+    }
+    const uint32_t i = queue_[queue_head_];
+    queue_head_ = queue_head_ + 1 == capacity_ ? 0 : queue_head_ + 1;
+    --queue_size_;
+    LiveEntry* e = slot(i);
+    if (e->flags.load(std::memory_order_relaxed) != kSlotOccupied) continue;
+    const EntryMeta m = meta(e);
+    if (evict(m)) {
+      tombstones += remove(i);
+      ++evicted;
+      continue;
+    }
+    // Back in the queue, whether it goes on or not (at the front if it stops here).
+    if (!more(m)) {
+      queue_head_ = queue_head_ == 0 ? capacity_ - 1 : queue_head_ - 1;
+      queue_[queue_head_] = i;
+      ++queue_size_;
+      stop = true;
+      break;
+    }
+    queue_[(queue_head_ + queue_size_) % capacity_] = i;
+    ++queue_size_;
+  }
+  bump(counters_->tombstones, tombstones);
+  if (stopped != nullptr) *stopped = stop || queue_size_ == 0;
   return evicted;
 }
 

@@ -164,8 +164,8 @@ class LiveTablesView {
 // The writer of one shard of one view, from LiveTables::attach_writer. REQUIRES: one thread at
 // a time (the speed worker that owns the shard); readers may run concurrently in any thread or
 // process. Move-only; releases the shard on destruction. No call takes a lock or allocates.
-// Pointers it returns stay valid (the slot stays put) until evict_if() runs on this shard. The
-// LiveTables it came from must outlive it.
+// Pointers it returns stay valid (the slot stays put) until evict_if() or evict_oldest() runs
+// on this shard. The LiveTables it came from must outlive it.
 class ShardWriter {
  public:
   ShardWriter(ShardWriter&& other) noexcept;
@@ -180,10 +180,14 @@ class ShardWriter {
   // The entry of `key` (whose series_id must map to this shard), inserted from the view's
   // initial state with update_count 0 if absent. nullptr when no slot within the probe bound is
   // free (the shard is full, or the key's chain is): count it with add_overflow().
-  LiveEntry* find_or_insert(const EntryKey& key);
-  // Starts loading the home slot of `key` into the cache, so that several lookups' memory
+  LiveEntry* find_or_insert(const EntryKey& key) { return find_or_insert(key, home(key)); }
+  // The same, with `home` = home(key) computed once for prefetch() and this call.
+  LiveEntry* find_or_insert(const EntryKey& key, uint64_t home);
+  // The key's home slot in this shard (home_slot() of the layout).
+  uint64_t home(const EntryKey& key) const;
+  // Starts loading the entry in slot `home` into the cache, so that several lookups' memory
   // latencies overlap (the table is far larger than the caches).
-  void prefetch(const EntryKey& key) const;
+  void prefetch(uint64_t home) const;
 
   // Brackets every change to an entry. begin_write makes seq odd (relaxed store) and then issues
   // a release fence, which pairs with the reader's acquire fence before its second seq load: a
@@ -192,6 +196,8 @@ class ShardWriter {
   // reader that sees the new even seq sees every byte written before it.
   void begin_write(LiveEntry* e);
   void end_write(LiveEntry* e);
+  // Copies the entry's state into `out` (state_bytes), word by word as readers do.
+  void copy_state(const LiveEntry* e, std::span<std::byte> out) const;
   // Between begin_write and end_write: the state in place. Plain stores through it would race
   // with readers' copies (formally a data race, though the seq re-check discards what they
   // saw); the speed path therefore updates a private copy and writes it back with
@@ -208,6 +214,25 @@ class ShardWriter {
   // racing with it see each entry either consistent or not found. Returns the count evicted.
   uint64_t evict_if(const std::function<bool(const EntryMeta&)>& pred);
 
+  // Eviction in insertion order, whose cost follows the inserts rather than the shard's size
+  // (a whole-shard evict_if() reads every slot). With track_inserts(), every slot that
+  // find_or_insert() fills is queued (a process-local queue of at most the shard's capacity,
+  // allocated once). evict_oldest() then looks at up to `max_looks` queued entries from the
+  // oldest: one for which evict(meta) is true is evicted; otherwise, if more(meta) is false it
+  // stops there, else the entry is queued again at the back and it goes on. Returns the count
+  // evicted. An evicted slot becomes empty when the next slot is empty (no probe chain crosses
+  // it then), and so do the tombstones just before it; else it becomes a tombstone.
+  void track_inserts();
+  // *stopped (optional): true if it stopped at an entry or emptied the queue, false if it
+  // ran out of looks.
+  uint64_t evict_oldest(uint64_t max_looks, const std::function<bool(const EntryMeta&)>& evict,
+                        const std::function<bool(const EntryMeta&)>& more,
+                        bool* stopped = nullptr);
+  // Entries in the insertion queue.
+  uint64_t queued() const { return queue_size_; }
+  // Keys inserted into this shard so far (this writer's counter).
+  uint64_t inserts() const;
+
   void add_overflow(uint64_t events = 1);
   void add_late(uint64_t events = 1);
   // Occupied entries of this shard (tombstones excluded), its tombstones, and its slot count.
@@ -223,6 +248,9 @@ class ShardWriter {
   void bump(std::atomic<uint64_t>& counter, int64_t delta) const;
   void set_flags(LiveEntry* e, uint32_t flags);
   void release();
+  // Evicts the occupied slot i (tombstone, or empty with the tombstones before it); returns
+  // the tombstones added (1, or minus those emptied).
+  int64_t remove(uint64_t i);
 
   ViewDescriptor* desc_ = nullptr;
   ShardCounters* counters_ = nullptr;
@@ -235,6 +263,11 @@ class ShardWriter {
   uint32_t max_probe_ = 0;
   uint32_t view_ = 0;
   uint32_t shard_ = 0;
+  uint32_t shard_count_ = 0;
+  // Insertion queue (track_inserts): slot indexes, a ring of capacity_ entries.
+  std::vector<uint32_t> queue_;
+  uint64_t queue_head_ = 0;
+  uint64_t queue_size_ = 0;
 };
 
 // The daemon's read-write mapping: creates "/dev/shm/<shm_name>.live" at start-up and hands out

@@ -39,7 +39,7 @@ namespace runnel::ipc {
 //       72    8  definition_hash    model/view.h ViewDef::definition_hash()
 //       80    4  width_count        1..8
 //       84    4  shard_count        S: series_id % S picks the shard; one writer per shard
-//       88    4  entry_bytes        kEntryHeaderBytes + state_bytes rounded up to 8
+//       88    4  entry_bytes        kEntryHeaderBytes + state_bytes rounded up to 64
 //       92    4  max_probe          a key lies at most max_probe - 1 slots past its home slot
 //       96    8  shard_capacity     entry slots per shard
 //      104    8  area_offset        from the object's start, a multiple of 64
@@ -77,7 +77,8 @@ namespace runnel::ipc {
 //       40    8  late_events        events older than the live window (counted by the caller)
 //       48   16  reserved
 //
-// Entry, entry_bytes (a multiple of 8), at an 8-aligned address:
+// Entry, entry_bytes (a multiple of 64), at a 64-aligned address, so that the header (what a
+// probe reads) is one cache line:
 //        0    8  seq                seqlock: odd while the shard's writer changes the entry
 //        8    8  series_id          row id: the record's series_id when grouping by all tags
 //       16    8  bucket_start_ns    i64, a multiple of the width (bucket_start() below)
@@ -102,7 +103,7 @@ namespace runnel::ipc {
 // chain crosses it then).
 
 inline constexpr uint64_t kLiveMagic = 0x314556494c4c4e52ULL;  // "RNLLIVE1" little-endian
-inline constexpr uint32_t kLiveLayoutVersion = 2;
+inline constexpr uint32_t kLiveLayoutVersion = 3;  // 3: entries cache-line aligned
 inline constexpr uint32_t kLiveHeaderBytes = 256;
 inline constexpr uint32_t kViewDescriptorBytes = 320;
 inline constexpr uint32_t kMaxLiveViews = 256;
@@ -223,7 +224,7 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free &&
 constexpr uint64_t round_up(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
 
 constexpr uint32_t entry_bytes_for(uint32_t state_bytes) {
-  return kEntryHeaderBytes + static_cast<uint32_t>(round_up(state_bytes, 8));
+  return kEntryHeaderBytes + static_cast<uint32_t>(round_up(state_bytes, 64));
 }
 constexpr uint64_t initial_state_offset(uint32_t shard_count) {
   return uint64_t{shard_count} * kShardCountersBytes;

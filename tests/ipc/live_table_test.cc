@@ -407,6 +407,65 @@ TEST(LiveTableTest, TombstonesThatEndAChainBecomeEmptySlotsAgain) {
   EXPECT_EQ(s.evictions, 3u);
 }
 
+TEST(LiveTableTest, EvictOldestTakesEntriesInInsertionOrderAndStopsWhereTold) {
+  ScopedLiveName name;
+  LiveTables t = create(name, {make_spec("cpu", 8, 256, 1, 32)});
+  ShardWriter w = attach(t, 0, 0);
+  w.track_inserts();
+  // Inserted out of bucket order: 0 10 70 20 30 ... 60 (the 70 arrives early).
+  std::vector<int64_t> order = {0, 10, 70, 20, 30, 40, 50, 60};
+  for (int64_t b : order) ASSERT_NE(put(w, EntryKey{1, 0, b}, 1, 8), nullptr);
+  ASSERT_NE(put(w, EntryKey{1, 0, 10}, 2, 8), nullptr);  // an update queues nothing
+  EXPECT_EQ(w.queued(), order.size());
+  auto older_than_45 = [](const EntryMeta& m) { return m.key.bucket_start_ns < 45; };
+  auto never = [](const EntryMeta&) { return false; };
+  auto always = [](const EntryMeta&) { return true; };
+  bool stopped = false;
+  // Stops at the first entry it keeps (70), which stays first in the queue.
+  EXPECT_EQ(w.evict_oldest(100, older_than_45, never, &stopped), 2u);
+  EXPECT_TRUE(stopped);
+  EXPECT_EQ(w.queued(), 6u);
+  uint64_t v = 0;
+  EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 0}, &v), ReadStatus::kNotFound);
+  EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 10}, &v), ReadStatus::kNotFound);
+  EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 70}, &v), ReadStatus::kFound);
+  // Going on past it: 70 is queued again at the back, and the look budget ends the call.
+  EXPECT_EQ(w.evict_oldest(2, older_than_45, always, &stopped), 1u);  // 70 kept, 20 evicted
+  EXPECT_FALSE(stopped);
+  EXPECT_EQ(w.evict_oldest(100, older_than_45, always, &stopped), 2u);  // 30 and 40
+  EXPECT_FALSE(stopped);  // ran out of looks while cycling through the kept ones
+  EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 50}, &v), ReadStatus::kFound);
+  EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 70}, &v), ReadStatus::kFound);
+  EXPECT_EQ(w.queued(), 3u);
+  EXPECT_EQ(w.evict_oldest(100, always, never, &stopped), 3u);
+  EXPECT_TRUE(stopped);
+  EXPECT_EQ(w.queued(), 0u);
+  const LiveViewStats s = t.tables().stats(0);
+  EXPECT_EQ(s.entries_used, 0u);
+  EXPECT_EQ(s.evictions, 8u);
+  EXPECT_EQ(s.tombstones, 0u);  // every slot came back empty: no chain is left to bridge
+}
+
+TEST(LiveTableTest, EvictOldestLeavesTombstonesOnlyWhereAChainContinues) {
+  ScopedLiveName name;
+  LiveTables t = create(name, {make_spec("cpu", 8, 32, 1, 8)});
+  ShardWriter w = attach(t, 0, 0);
+  w.track_inserts();
+  const auto k = colliding_keys(4, 32, 3);  // one chain: k[0] k[1] k[2] in consecutive slots
+  for (int i = 0; i < 3; ++i) ASSERT_NE(put(w, k[i], 1, 8), nullptr);
+  auto is = [](const EntryKey& key) { return [key](const EntryMeta& m) { return m.key == key; }; };
+  auto always = [](const EntryMeta&) { return true; };
+  EXPECT_EQ(w.evict_oldest(3, is(k[1]), always), 1u);
+  EXPECT_EQ(t.tables().stats(0).tombstones, 1u);  // bridges k[0] -> k[2]
+  uint64_t v = 0;
+  EXPECT_EQ(read_value(t.tables(), k[2], &v), ReadStatus::kFound);
+  // The chain's last entry leaves: its slot and the tombstone before it become empty.
+  EXPECT_EQ(w.evict_oldest(3, is(k[2]), always), 1u);
+  EXPECT_EQ(t.tables().stats(0).tombstones, 0u);
+  EXPECT_EQ(read_value(t.tables(), k[0], &v), ReadStatus::kFound);
+  EXPECT_EQ(w.queued(), 1u);
+}
+
 TEST(LiveTableTest, EvictionByWatermarkRemovesOnlyAbsorbedEntries) {
   ScopedLiveName name;
   LiveTables t = create(name, {make_spec("cpu", 8, 256, 1, 32)});
