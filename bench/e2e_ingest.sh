@@ -21,6 +21,7 @@ fsync=${FSYNC:-interval}
 speed=${SPEED:-on}           # off: ingest and log only ([speed] enabled = false)
 batch=${BATCH:-off}          # on: the batch layer compacts sealed segments during the run
 segment_bytes=${SEGMENT_BYTES:-268435456}  # [log] segment_bytes: smaller seals (and compacts) sooner
+split=${SPLIT:-interleaved}  # runnel-loadgen --split: contiguous sends each connection a time range
 # The goal on a 2-core box, generator included: 3 M/s for ingest alone, 2 M/s with the speed path.
 target_eps=${TARGET_EPS:-$([[ ${SPEED:-on} == off ]] && echo 3000000 || echo 2000000)}
 
@@ -90,7 +91,7 @@ cpu_ticks() {
   read -r -a f <<<"$rest"
   echo $((f[11] + f[12]))
 }
-loadgen_args=(--connections "$connections" --events "$events" --batch-bytes "$batch_bytes")
+loadgen_args=(--connections "$connections" --events "$events" --batch-bytes "$batch_bytes" --split "$split")
 # events/s over [START_NS, END_NS]
 rate() { awk -v n="$events" -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", n / ((b - a) / 1e9) }'; }
 
@@ -211,7 +212,7 @@ print_row "runneld peak RSS MiB" "$(awk -v k="$hwm_kib" 'BEGIN { printf "%.1f", 
 echo
 echo "notes: loadgen send-only events/s: baseline $(kv events_per_s "$tmp/base_loadgen.out")," \
   "runneld $(kv events_per_s "$tmp/loadgen.out"); end time resolution ${poll_ms} ms;" \
-  "fsync=$fsync speed=$speed batch=$batch segment_bytes=$segment_bytes"
+  "fsync=$fsync speed=$speed batch=$batch segment_bytes=$segment_bytes split=$split"
 echo "       runneld: points_accepted=$(json_int points_accepted <<<"$stats")" \
   "log_records=$log_records speed_records=${speed_records:-n/a}" \
   "speed_overflow_updates=$(json_int speed_overflow_updates <<<"$stats")" \

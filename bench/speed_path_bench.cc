@@ -1,0 +1,203 @@
+// runnel-speed-bench: the speed path alone on workload W1 with the default view. One producer
+// thread writes pre-parsed W1 records into a real shared-memory ring while SpeedPath (its
+// consumer thread and oneTBB workers) folds them into the live tables; the baseline is the
+// same producer and ring with a consumer that only reads and validates each record. CPU time
+// is the process's minus the producer's, so the figure is the speed path's own cost.
+#include <time.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "bench/w1.h"
+#include "daemon/config.h"
+#include "daemon/speed_path.h"
+#include "ipc/live_table.h"
+#include "ipc/ring.h"
+#include "ipc/series_dictionary.h"
+#include "ipc/stats.h"
+#include "model/line_protocol.h"
+#include "model/record.h"
+
+namespace {
+
+using namespace runnel;
+using namespace std::chrono_literals;
+
+double cpu_seconds(clockid_t clock) {
+  timespec ts;
+  clock_gettime(clock, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// W1 records as runneld's parser builds them, laid end to end.
+struct Records {
+  std::vector<std::byte> bytes;
+  std::vector<size_t> ends;
+};
+
+Records build(uint64_t events) {
+  Records r;
+  LineParser parser;
+  std::vector<std::byte> record;
+  char line[bench::kMaxLineBytes];
+  r.ends.reserve(events);
+  for (uint64_t i = 0; i < events; ++i) {
+    char* end = bench::write_w1_line(i, bench::kDefaultStartTsNs, line);
+    const char* reason = "";
+    // Without the newline: the parser takes one line.
+    if (parser.parse(std::string_view(line, static_cast<size_t>(end - line - 1)), {}, 0, &record,
+                     &reason) != ParseError::kOk) {
+      throw std::runtime_error(std::string("W1 line does not parse: ") + reason);
+    }
+    r.bytes.insert(r.bytes.end(), record.begin(), record.end());
+    r.ends.push_back(r.bytes.size());
+  }
+  return r;
+}
+
+struct Run {
+  double wall_s = 0;
+  double cpu_s = 0;  // process CPU minus the producer's
+};
+
+// Writes every record into `ring`; returns the producer thread's CPU seconds.
+double produce(ipc::Ring& ring, const Records& records) {
+  const double cpu0 = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
+  size_t begin = 0;
+  for (size_t end : records.ends) {
+    const std::span<const std::byte> rec(records.bytes.data() + begin, end - begin);
+    while (ring.try_write(rec) == ipc::WriteStatus::kFull) ring.wait_for_space(rec.size(), 10ms);
+    begin = end;
+  }
+  return cpu_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+}
+
+std::string shm_name(const char* what) {
+  return fmt::format("runnel-speed-bench-{}-{}", getpid(), what);
+}
+
+void remove_all(const std::string& name) {
+  (void)ipc::Ring::remove(name + ".ring");
+  (void)ipc::LiveTables::remove(name);
+  (void)ipc::SeriesDictionary::remove(name);
+  ipc::StatsSegment::remove(name);
+}
+
+Result<ipc::Ring> make_ring(const std::string& name, uint64_t bytes) {
+  ipc::RingOptions ro;
+  ro.mode = 0600;
+  return ipc::Ring::open_or_create(name + ".ring", bytes, ro);
+}
+
+// Baseline: a consumer that reads and validates every record, nothing more.
+Run baseline(const Records& records, uint64_t ring_bytes) {
+  const std::string name = shm_name("base");
+  remove_all(name);
+  auto ring = make_ring(name, ring_bytes);
+  if (!ring.ok()) throw std::runtime_error(ring.status().ToString());
+  auto consumer = ring->attach_consumer(ipc::kSpeedPathConsumer, ipc::Ring::StartAt::kNow);
+  if (!consumer.ok()) throw std::runtime_error(consumer.status().ToString());
+  const auto t0 = std::chrono::steady_clock::now();
+  const double cpu0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
+  double producer_cpu = 0;
+  std::thread producer([&] { producer_cpu = produce(*ring, records); });
+  uint64_t seen = 0, valid = 0;
+  while (seen < records.ends.size()) {
+    const auto b = consumer->poll([&](uint64_t, std::span<const std::byte> payload) {
+      RecordView rec;
+      const char* reason = "";
+      valid += RecordView::validate(payload, &rec, &reason) ? 1 : 0;
+    });
+    seen += b.records;
+    if (b.records == 0) consumer->wait(1ms);
+  }
+  producer.join();
+  Run r;
+  r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.cpu_s = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu0 - producer_cpu;
+  remove_all(name);
+  if (valid != records.ends.size()) throw std::runtime_error("baseline: invalid records");
+  return r;
+}
+
+struct SpeedRun : Run {
+  uint64_t late = 0, overflow = 0, forced = 0;
+};
+
+SpeedRun speed(const Records& records, uint64_t ring_bytes, uint32_t workers, uint64_t capacity,
+               uint32_t batch_records) {
+  const std::string name = shm_name("speed");
+  remove_all(name);
+  ConfigOverrides overrides;
+  overrides.shm_name = name;
+  Config config = load_config(std::nullopt, overrides);
+  config.speed_workers = workers;
+  if (capacity != 0) config.views.front().capacity = capacity;
+  if (batch_records != 0) config.speed_batch_records = batch_records;
+  auto ring = make_ring(name, ring_bytes);
+  if (!ring.ok()) throw std::runtime_error(ring.status().ToString());
+  auto stats = ipc::StatsSegment::create(name, 0600, -1);
+  if (!stats.ok()) throw std::runtime_error(stats.status().ToString());
+  auto path = std::make_unique<SpeedPath>(config, *ring, (*stats)->block());
+  if (Status s = path->open(); !s.ok()) throw std::runtime_error(s.ToString());
+  if (Status s = path->attach(); !s.ok()) throw std::runtime_error(s.ToString());
+  const auto t0 = std::chrono::steady_clock::now();
+  const double cpu0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
+  path->start();
+  double producer_cpu = produce(*ring, records);
+  if (Status s = path->stop_and_drain(); !s.ok()) throw std::runtime_error(s.ToString());
+  SpeedRun r;
+  r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.cpu_s = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu0 - producer_cpu;
+  const ipc::StatsBlock& block = (*stats)->block();
+  if (block.get(ipc::Counter::kSpeedRecords) != records.ends.size())
+    throw std::runtime_error("speed path: not every record was folded in");
+  r.late = block.get(ipc::Counter::kSpeedLate);
+  r.overflow = block.get(ipc::Counter::kSpeedOverflow);
+  r.forced = block.get(ipc::Counter::kSpeedForcedEvictions);
+  path.reset();
+  remove_all(name);
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"runnel-speed-bench: the speed path alone on workload W1, default view"};
+  uint64_t events = 8'000'000;
+  uint64_t ring_mib = 64;
+  uint32_t workers = 2;
+  uint64_t capacity = 0;
+  uint32_t batch_records = 0;
+  app.add_option("-n,--events", events, "W1 events")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--ring-mib", ring_mib, "ring capacity, MiB (power of two)")->capture_default_str();
+  app.add_option("--workers", workers, "speed.workers (power of two)")->capture_default_str();
+  app.add_option("--capacity", capacity, "the default view's capacity, entries (0: its default)");
+  app.add_option("--batch-records", batch_records, "speed.batch_records (0: the default)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    const Records records = build(events);
+    const Run base = baseline(records, ring_mib << 20);
+    const SpeedRun run = speed(records, ring_mib << 20, workers, capacity, batch_records);
+    const double n = static_cast<double>(events);
+    fmt::print("runnel speed path, workload W1, default view: {} events, {} workers, ring {} MiB\n",
+               events, workers, ring_mib);
+    fmt::print("baseline: ring read + validate   {:>10.0f} events/s  cpu {:.3f} s per 1M events\n",
+               n / base.wall_s, base.cpu_s / (n / 1e6));
+    fmt::print("SpeedPath into the live tables   {:>10.0f} events/s  cpu {:.3f} s per 1M events"
+               "  ratio {:.3f}\n",
+               n / run.wall_s, run.cpu_s / (n / 1e6), base.wall_s / run.wall_s);
+    fmt::print("  late {} overflow {} forced evictions {} ({:.2f} per event)\n", run.late,
+               run.overflow, run.forced, static_cast<double>(run.forced) / n);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "runnel-speed-bench: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
