@@ -268,11 +268,14 @@ void SpeedPath::start() {
   thread_ = std::thread([this] { run(); });
 }
 
-void SpeedPath::route(Worker& w, size_t begin, size_t end) {
+void SpeedPath::route(Worker& w, uint32_t slice) {
   // Acquire: pairs with the release increment in fold_batch(), so batch_ and what the consumer
   // thread set for this batch are visible (also without relying on oneTBB's own ordering).
   const uint64_t batch = batch_seq_.load(std::memory_order_acquire);
-  const uint64_t shard_mask = config_.speed_workers - 1;
+  const uint32_t shards = config_.speed_workers;
+  const size_t begin = batch_.size() * slice / shards;
+  const size_t end = batch_.size() * (slice + 1) / shards;
+  const uint64_t shard_mask = shards - 1;
   const size_t views = config_.views.size();
   const int64_t watermark = batch_watermark_ns_;
   for (auto& o : w.outbox) o.clear();
@@ -491,22 +494,20 @@ void SpeedPath::fold_batch(tbb::task_arena& arena) {
   // (the announcement precedes every eviction it covers).
   announce_absorbed();
   batch_watermark_ns_ = watermark_ns_.load(std::memory_order_relaxed);
-  // Release: publishes the batch to the workers (process() acquires it). oneTBB orders task
+  // Release: publishes the batch to the workers (route() and apply() acquire it). oneTBB orders task
   // bodies with the caller too, but inside its library, where ThreadSanitizer cannot see it;
   // this pair (and done_batch) states the hand-off in code that TSan checks.
   const uint64_t batch = batch_seq_.fetch_add(1, std::memory_order_release) + 1;
   arena.execute([&] {
-    const size_t n = batch_.size();
-    tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t r) {
-      route(*workers_[r], n * r / shards, n * (r + 1) / shards);
-    });
-    tbb::parallel_for(uint32_t{0}, shards, [&](uint32_t s) { apply(*workers_[s], s); });
+    // The bodies capture only `this`: everything else they read is published by batch_seq_.
+    tbb::parallel_for(uint32_t{0}, shards, [this](uint32_t r) { route(*workers_[r], r); });
+    tbb::parallel_for(uint32_t{0}, shards, [this](uint32_t s) { apply(*workers_[s], s); });
   });
   evict_pending_ = false;
   int64_t max_ts = INT64_MIN;
   uint64_t late = 0, overflow = 0, forced = 0;
   for (auto& w : workers_) {
-    // Acquire: pairs with the release store at the end of process(); every shard ran.
+    // Acquire: pairs with the release store at the end of apply(); every shard ran.
     if (w->done_batch.load(std::memory_order_acquire) != batch) {
       spdlog::critical("speed path: a worker did not finish batch {}", batch);
     }

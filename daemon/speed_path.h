@@ -82,8 +82,8 @@ class SpeedPath {
   // Announces newly absorbed generations to clients (before evicting them); true if any.
   bool announce_absorbed();
   struct Pending;
-  // Route round: records [begin, end) of batch_ into w's outboxes.
-  void route(Worker& w, size_t begin, size_t end);
+  // Route round: slice `slice` of batch_ (one per worker) into w's outboxes.
+  void route(Worker& w, uint32_t slice);
   // Apply round: every outbox's updates for `shard` into w's shard, then evictions.
   void apply(Worker& w, uint32_t shard);
   void apply_updates(Worker& w, std::span<const Pending> updates);
