@@ -286,7 +286,8 @@ void SpeedPath::route(Worker& w, uint32_t slice) {
     const char* reason = "";
     // The ring holds only records runneld's parser built; a failure here means memory
     // corruption, which the journal reports too. Skip the record.
-    if (!RecordView::validate(std::span<const std::byte>(ref.data, ref.size), &rec, &reason)) continue;
+    const std::span<const std::byte> payload(ref.data, ref.size);
+    if (!RecordView::validate(payload, &rec, &reason)) continue;
     const int64_t ts = rec.ts_ns();
     if (ts > w.max_ts) w.max_ts = ts;
     w.router.route(
@@ -301,8 +302,8 @@ void SpeedPath::route(Worker& w, uint32_t slice) {
           if (w.known_rows.insert(u.row_id)) {
             series_->insert(u.row_id, w.router.row_key(rec, u.view, u.field));
           }
-          w.outbox[dest].push_back(
-              {u.row_id, ts, u.value, u.distinct_hash, ref.pos, ref.generation, u.view, u.has_distinct});
+          w.outbox[dest].push_back({u.row_id, ts, u.value, u.distinct_hash, ref.pos, ref.generation,
+                                    u.view, u.has_distinct});
         });
   }
   w.routed_batch.store(batch, std::memory_order_release);  // pairs with apply()'s acquire
@@ -417,8 +418,8 @@ void SpeedPath::evict(Worker& w, bool idle) {
     const ViewDef& def = config_.views[v];
     ipc::ShardWriter& writer = w.writers[v];
     // Linear probing slows down sharply as the load grows (tombstones count: probes pass them).
-    const bool pressure = w.overflow_in_batch[v] > 0 ||
-                          (writer.used() + writer.tombstones()) * 10 >= writer.capacity() * kPressureTenths;
+    const uint64_t load = writer.used() + writer.tombstones();
+    const bool pressure = w.overflow_in_batch[v] > 0 || load * 10 >= writer.capacity() * kPressureTenths;
     w.overflow_in_batch[v] = 0;
     int64_t& window = w.window_ns[v];
     if (pressure && now - w.last_pressure_ns[v] >= kPressureEvictEveryNs) {
@@ -434,7 +435,8 @@ void SpeedPath::evict(Worker& w, bool idle) {
     const int64_t cutoff = by_age ? watermark - window : INT64_MIN;
 
     const uint64_t inserts = writer.inserts();
-    uint64_t looks = (inserts - w.inserts_seen[v]) * kLooksPerInsert * (pressure ? 2 : 1) + kMinLooks;
+    const uint64_t inserted = inserts - w.inserts_seen[v];
+    uint64_t looks = inserted * kLooksPerInsert * (pressure ? 2 : 1) + kMinLooks;
     w.inserts_seen[v] = inserts;
     if (idle || (periodic && !pressure)) looks = writer.queued();
     uint64_t forced = 0;
@@ -443,11 +445,14 @@ void SpeedPath::evict(Worker& w, bool idle) {
         looks,
         [&](const ipc::EntryMeta& m) {
           if (absorbed != kNoGeneration && m.key.generation <= absorbed) return true;
-          if (!by_age || m.key.bucket_start_ns > cutoff - def.widths_ns[m.key.width_index]) return false;
+          const int64_t width = def.widths_ns[m.key.width_index];
+          if (!by_age || m.key.bucket_start_ns > cutoff - width) return false;
           if (shrunk) ++forced;
           return true;
         },
-        [&](const ipc::EntryMeta& m) { return pressure || (by_age && m.key.bucket_start_ns <= cutoff); },
+        [&](const ipc::EntryMeta& m) {
+          return pressure || (by_age && m.key.bucket_start_ns <= cutoff);
+        },
         &stopped);
     w.forced_evictions += forced;
     w.evict_more = w.evict_more || !stopped;
@@ -494,9 +499,9 @@ void SpeedPath::fold_batch(tbb::task_arena& arena) {
   // (the announcement precedes every eviction it covers).
   announce_absorbed();
   batch_watermark_ns_ = watermark_ns_.load(std::memory_order_relaxed);
-  // Release: publishes the batch to the workers (route() and apply() acquire it). oneTBB orders task
-  // bodies with the caller too, but inside its library, where ThreadSanitizer cannot see it;
-  // this pair (and done_batch) states the hand-off in code that TSan checks.
+  // Release: publishes the batch to the workers (route() and apply() acquire it). oneTBB
+  // orders task bodies with the caller too, but inside its library, where ThreadSanitizer cannot
+  // see it; this pair (and done_batch) states the hand-off in code that TSan checks.
   const uint64_t batch = batch_seq_.fetch_add(1, std::memory_order_release) + 1;
   arena.execute([&] {
     // The bodies capture only `this`: everything else they read is published by batch_seq_.
