@@ -21,18 +21,18 @@ namespace {
 
 constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
 // Evictions look at the oldest entries of a shard (ShardWriter::evict_oldest), in proportion to
-// the inserts they make room for: kLooksPerInsert per insert, twice that under pressure, and
-// at least kMinLooks per batch. Without inserts, once per kEvictEveryNs (ns of wall time).
+// the inserts they make room for: kLooksPerInsert per insert (plus two per entry to evict for
+// room), at least kMinLooks per batch. Without inserts, once per kEvictEveryNs (wall time).
 constexpr uint64_t kLooksPerInsert = 2;
 constexpr uint64_t kMinLooks = 256;
 constexpr int64_t kEvictEveryNs = 1'000'000'000;
-// Under pressure the live window halves at most this often (ns of wall time).
-constexpr int64_t kPressureEvictEveryNs = 20'000'000;
 // Updates whose entries are prefetched ahead of the one being applied.
 constexpr size_t kPrefetchAhead = 4;
 // A shard is under pressure from this load (tenths of its slots occupied or tombstones) on:
-// linear probing slows down sharply as the load grows.
+// linear probing slows down sharply as the load grows. Evictions for room bring it back to
+// kRoomTenths.
 constexpr uint64_t kPressureTenths = 4;
+constexpr uint64_t kRoomTenths = 3;
 
 // Row ids a worker registered in the series dictionary: open addressing with linear probing,
 // cleared when half full (registering a row again is harmless: the dictionary keeps the first
@@ -82,10 +82,6 @@ struct SpeedPath::Worker {
   ViewRouter router;
   // Apply round: this worker's shard of every view.
   std::vector<ipc::ShardWriter> writers;  // per view
-  // Per view: how far back (ns) this shard keeps buckets by age. Starts at the view's live
-  // window and is halved (down to the smallest bucket width) while the shard is under pressure.
-  std::vector<int64_t> window_ns;
-  std::vector<int64_t> last_pressure_ns;    // per view: when the window last halved
   std::vector<uint64_t> overflow_in_batch;  // per view
   std::vector<uint64_t> inserts_seen;       // per view: the shard's inserts() at the last eviction
   bool evict_more = false;  // an eviction ran out of looks: evictable entries may be left
@@ -158,9 +154,7 @@ Status SpeedPath::open(std::string_view batch_dir) {
       auto writer = live_->attach_writer(v, s);
       if (!writer.ok()) return writer.status();
       w->writers.push_back(std::move(writer.value()));
-      w->window_ns.push_back(config_.views[v].live_window_ns);
     }
-    w->last_pressure_ns.assign(views, 0);
     w->overflow_in_batch.assign(views, 0);
     w->inserts_seen.assign(views, 0);
     for (ipc::ShardWriter& writer : w->writers) writer.track_inserts();
@@ -399,16 +393,16 @@ void SpeedPath::evict(Worker& w, bool idle) {
   // batch:
   // - absorbed generations leave: the batch views hold them (announced by the consumer thread
   //   before this round, see fold_batch());
-  // - by age, a bucket whose end lies more than the window before the event-time watermark
-  //   leaves. The window is the view's live_window; while a shard is under pressure (an update
-  //   found no room, or 40% of its slots hold entries or tombstones) it halves, down to the
-  //   smallest bucket width (a bucket still open at the watermark is never evicted), and grows
-  //   back by doubling each second once the pressure is gone. With a batch layer the age rule
-  //   applies only while the window is shrunk: entries leave once absorbed, and whatever left
-  //   early (counted as forced) is the batch layer's.
-  // The oldest entry that stays is queued again if entries behind it may still be evictable:
-  // under pressure (the oldest entries may come from a stream far behind the others), or when
-  // it is a wide bucket still open that started before the cutoff; otherwise the look ends.
+  // - without a batch layer, a bucket whose end lies more than the view's live_window before
+  //   the event-time watermark leaves;
+  // - under pressure (an update found no room, or kPressureTenths of the shard's slots hold
+  //   entries or tombstones), the oldest closed buckets leave, however recent, until the shard
+  //   is back at kRoomTenths: the live tables keep as much of the newest history as fits. A
+  //   bucket still open at the watermark never leaves. These count as forced evictions; with a
+  //   batch layer the batch views serve them once absorbed.
+  // The oldest entry that stays is queued again if entries behind it may still leave: under
+  // pressure (the oldest entries may come from a stream far behind the others), or when it is
+  // a wide bucket still open that started before the age cutoff; otherwise the look ends.
   const int64_t watermark = batch_watermark_ns_;
   const int64_t now = realtime_ns();
   const bool periodic = now - w.last_evict_ns >= kEvictEveryNs;
@@ -419,39 +413,40 @@ void SpeedPath::evict(Worker& w, bool idle) {
     ipc::ShardWriter& writer = w.writers[v];
     // Linear probing slows down sharply as the load grows (tombstones count: probes pass them).
     const uint64_t load = writer.used() + writer.tombstones();
-    const bool pressure = w.overflow_in_batch[v] > 0 || load * 10 >= writer.capacity() * kPressureTenths;
+    const bool pressure =
+        w.overflow_in_batch[v] > 0 || load * 10 >= writer.capacity() * kPressureTenths;
     w.overflow_in_batch[v] = 0;
-    int64_t& window = w.window_ns[v];
-    if (pressure && now - w.last_pressure_ns[v] >= kPressureEvictEveryNs) {
-      window = std::max(window / 2, def.widths_ns.front());
-      w.last_pressure_ns[v] = now;
-    } else if (!pressure && periodic) {
-      window = std::min(window * 2, def.live_window_ns);
-    }
     const uint64_t absorbed = evicted_generation_[v];
-    const bool shrunk = window < def.live_window_ns;
-    const bool by_age = watermark != INT64_MIN && (!absorbing_ || shrunk);
-    if (absorbed == kNoGeneration && !by_age) continue;
-    const int64_t cutoff = by_age ? watermark - window : INT64_MIN;
+    const bool by_age = watermark != INT64_MIN && !absorbing_;
+    const int64_t cutoff = by_age ? watermark - def.live_window_ns : INT64_MIN;
+    // Entries to evict for room: down to kRoomTenths of the slots (counting every eviction).
+    const uint64_t room = writer.capacity() * kRoomTenths / 10;
+    uint64_t for_room = pressure && load > room ? load - room : 0;
+    if (absorbed == kNoGeneration && !by_age && for_room == 0) continue;
 
     const uint64_t inserts = writer.inserts();
     const uint64_t inserted = inserts - w.inserts_seen[v];
-    uint64_t looks = inserted * kLooksPerInsert * (pressure ? 2 : 1) + kMinLooks;
     w.inserts_seen[v] = inserts;
+    uint64_t looks = inserted * kLooksPerInsert + kMinLooks + 2 * for_room;
     if (idle || (periodic && !pressure)) looks = writer.queued();
     uint64_t forced = 0;
     bool stopped = true;
     writer.evict_oldest(
         looks,
         [&](const ipc::EntryMeta& m) {
-          if (absorbed != kNoGeneration && m.key.generation <= absorbed) return true;
-          const int64_t width = def.widths_ns[m.key.width_index];
-          if (!by_age || m.key.bucket_start_ns > cutoff - width) return false;
-          if (shrunk) ++forced;
+          const int64_t end = m.key.bucket_start_ns + def.widths_ns[m.key.width_index];
+          const bool gone = (absorbed != kNoGeneration && m.key.generation <= absorbed) ||
+                            (by_age && end <= cutoff);
+          if (gone || for_room == 0 || end > watermark) {
+            if (gone && for_room > 0) --for_room;
+            return gone;
+          }
+          --for_room;
+          ++forced;
           return true;
         },
         [&](const ipc::EntryMeta& m) {
-          return pressure || (by_age && m.key.bucket_start_ns <= cutoff);
+          return for_room > 0 || (by_age && m.key.bucket_start_ns <= cutoff);
         },
         &stopped);
     w.forced_evictions += forced;

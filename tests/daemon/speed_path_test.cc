@@ -7,8 +7,11 @@
 #include <gtest/gtest.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,6 +61,42 @@ class Instance {
   std::string name_;
 };
 
+// Config for one view on `instance`'s objects, with speed-path workers and batch size.
+Config speed_config(const Instance& instance, const ViewDef& view, uint32_t batch_records) {
+  ConfigOverrides overrides;
+  overrides.shm_name = instance.name();
+  Config config = load_config(std::nullopt, overrides);
+  config.speed_workers = 2;
+  config.speed_batch_records = batch_records;
+  config.views = {view};
+  return config;
+}
+
+// A running SpeedPath on a new 1 MiB ring (of ring epoch `epoch`) and stats segment.
+struct Running {
+  Config config;  // the SpeedPath keeps a reference
+  std::optional<ipc::Ring> ring;
+  std::unique_ptr<ipc::StatsSegment> stats;
+  std::unique_ptr<SpeedPath> speed;
+};
+
+void start(const Instance& instance, Config config, uint64_t epoch, Running* r) {
+  r->config = std::move(config);
+  ipc::RingOptions ro;
+  ro.mode = 0600;
+  ro.epoch = epoch;
+  auto ring = ipc::Ring::open_or_create(instance.name() + ".ring", 1 << 20, ro);
+  ASSERT_TRUE(ring.ok()) << ring.status().ToString();
+  r->ring.emplace(std::move(ring.value()));
+  auto stats = ipc::StatsSegment::create(instance.name(), 0600, -1);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  r->stats = std::move(stats.value());
+  r->speed = std::make_unique<SpeedPath>(r->config, *r->ring, r->stats->block());
+  ASSERT_TRUE(r->speed->open().ok());
+  ASSERT_TRUE(r->speed->attach().ok());
+  r->speed->start();
+}
+
 struct Checked {
   std::atomic<uint64_t> entries{0};
   std::atomic<uint64_t> inconsistent{0};
@@ -79,32 +118,19 @@ void check_all(const ipc::LiveTablesView& tables, const AggregateLayout& layout,
 
 TEST(SpeedPathTest, ReadersRacingWithTheWorkersSeeOnlyConsistentEntriesAndEveryEventOnce) {
   Instance instance;
-  ConfigOverrides overrides;
-  overrides.shm_name = instance.name();
-  Config config = load_config(std::nullopt, overrides);
-  config.speed_workers = 2;
-  config.speed_batch_records = 256;
   ViewDef view = default_view();
   view.widths_ns = {1'000'000'000, 60'000'000'000};
   view.aggregates = {"count", "sum"};
   view.capacity = 1 << 16;
-  config.views = {view};
-
-  ipc::RingOptions ro;
-  ro.mode = 0600;
   // 1 MiB generations (~14,000 events, 14 s of event time): a bucket's events spread over a few
   // generations (separate entries), fewer than the live table's probe bound: all generations
   // of a bucket share one probe chain.
-  ro.epoch = make_ring_epoch(1, 20);
-  auto ring = ipc::Ring::open_or_create(instance.name() + ".ring", 1 << 20, ro);
-  ASSERT_TRUE(ring.ok()) << ring.status().ToString();
-  auto stats = ipc::StatsSegment::create(instance.name(), 0600, -1);
-  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
-
-  auto speed = std::make_unique<SpeedPath>(config, *ring, (*stats)->block());
-  ASSERT_TRUE(speed->open().ok());
-  ASSERT_TRUE(speed->attach().ok());
-  speed->start();
+  Running run;
+  start(instance, speed_config(instance, view, 256), make_ring_epoch(1, 20), &run);
+  ASSERT_TRUE(run.speed);
+  auto& ring = run.ring;
+  auto& speed = run.speed;
+  const ipc::StatsBlock& block = run.stats->block();
 
   auto layout = AggregateLayout::for_view(view);
   ASSERT_TRUE(layout.ok()) << layout.status().ToString();
@@ -136,20 +162,70 @@ TEST(SpeedPathTest, ReadersRacingWithTheWorkersSeeOnlyConsistentEntriesAndEveryE
   r2.join();
 
   const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while ((*stats)->block().get(ipc::Counter::kSpeedRecords) < kEvents &&
+  while (block.get(ipc::Counter::kSpeedRecords) < kEvents &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(1ms);
   }
   ASSERT_TRUE(speed->stop_and_drain().ok());
-  EXPECT_EQ((*stats)->block().get(ipc::Counter::kSpeedRecords), kEvents);
-  EXPECT_EQ((*stats)->block().get(ipc::Counter::kSpeedLate), 0u);
-  EXPECT_EQ((*stats)->block().get(ipc::Counter::kSpeedOverflow), 0u);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedRecords), kEvents);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedLate), 0u);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedOverflow), 0u);
 
   uint64_t total = 0;
   check_all(tables, *layout, &checked, &total);
   EXPECT_GT(checked.entries.load(), 0u);
   EXPECT_EQ(checked.inconsistent.load(), 0u);
   EXPECT_EQ(total, kEvents);  // every event in exactly one 1s entry
+  speed.reset();
+}
+
+// A table that cannot hold the live window: the oldest closed buckets leave first, so the
+// table keeps the newest history that fits, with nothing counted as overflow or late.
+TEST(SpeedPathTest, UnderPressureTheOldestBucketsLeaveAndTheNewestStay) {
+  Instance instance;
+  ViewDef view = default_view();
+  view.widths_ns = {1'000'000'000};
+  view.aggregates = {"count"};
+  view.capacity = 4096;  // 2048 slots per shard; one series fills one shard
+  constexpr int64_t kSecond = 1'000'000'000;
+  constexpr uint64_t kPoints = 10'000;  // one per second: far more buckets than fit
+  Running run;
+  start(instance, speed_config(instance, view, 64), 0, &run);
+  ASSERT_TRUE(run.speed);
+  auto& ring = run.ring;
+  auto& speed = run.speed;
+  const ipc::StatsBlock& block = run.stats->block();
+
+  LineParser parser;
+  std::vector<std::byte> record;
+  const int64_t start_ns = (realtime_ns() / kSecond - static_cast<int64_t>(kPoints)) * kSecond;
+  for (uint64_t i = 0; i < kPoints; ++i) {
+    const std::string line =
+        "cpu,host=h0 v=1 " + std::to_string(start_ns + static_cast<int64_t>(i) * kSecond);
+    const char* reason = "";
+    ASSERT_EQ(parser.parse(line, {}, 0, &record, &reason), ParseError::kOk) << reason;
+    while (ring->try_write(record) == ipc::WriteStatus::kFull) ring->wait_for_space(record.size(), 10ms);
+  }
+  ASSERT_TRUE(speed->stop_and_drain().ok());
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedRecords), kPoints);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedLate), 0u);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedOverflow), 0u);
+  EXPECT_GT(block.get(ipc::Counter::kSpeedForcedEvictions), 0u);
+
+  auto reader = ipc::LiveTableReader::open(instance.name());
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  std::vector<int64_t> buckets;
+  reader->tables().scan(0, std::nullopt, [&](const ipc::EntryMeta& m, std::span<const std::byte>) {
+    EXPECT_EQ(m.update_count, 1u);
+    buckets.push_back((m.key.bucket_start_ns - start_ns) / kSecond);
+  });
+  std::sort(buckets.begin(), buckets.end());
+  ASSERT_FALSE(buckets.empty());
+  // The newest buckets, without a hole, the last one included; at least a fifth of the slots.
+  EXPECT_EQ(buckets.back(), static_cast<int64_t>(kPoints) - 1);
+  EXPECT_EQ(buckets.back() - buckets.front() + 1, static_cast<int64_t>(buckets.size()));
+  EXPECT_GE(buckets.size(), 2048u / 5);
+  EXPECT_LT(buckets.size(), kPoints);
   speed.reset();
 }
 
