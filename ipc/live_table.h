@@ -163,7 +163,8 @@ class LiveTablesView {
 
 // The writer of one shard of one view, from LiveTables::attach_writer. REQUIRES: one thread at
 // a time (the speed worker that owns the shard); readers may run concurrently in any thread or
-// process. Move-only; releases the shard on destruction. No call takes a lock or allocates.
+// process. Move-only; releases the shard on destruction. No call takes a lock; none allocates
+// but track_inserts() (its queue, once) and evict_if() while inserts are tracked.
 // Pointers it returns stay valid (the slot stays put) until evict_if() or evict_oldest() runs
 // on this shard. The LiveTables it came from must outlive it.
 class ShardWriter {
