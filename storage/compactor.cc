@@ -90,8 +90,9 @@ class Compactor::PartialStates {
       }
       rolled_.push_back(rolled);
       // Each state of the finest width may start one rolled-up state per rolled width.
-      rollup_bytes_per_entry_ = std::max(rollup_bytes_per_entry_,
-                                         static_cast<size_t>(std::popcount(rolled)) * layouts_[t]->state_bytes());
+      rollup_bytes_per_entry_ =
+          std::max(rollup_bytes_per_entry_,
+                   static_cast<size_t>(std::popcount(rolled)) * layouts_[t]->state_bytes());
     }
     size_t min_state = SIZE_MAX;
     for (const AggregateLayout* l : layouts_) min_state = std::min(min_state, l->state_bytes());
@@ -145,7 +146,8 @@ class Compactor::PartialStates {
 
   // Bytes held: slots, entries (and their sorted copy), states and staged row names.
   size_t used_bytes() const {
-    return slot_count_ * sizeof(Slot) + entries_.size() * (2 * sizeof(Entry) + rollup_bytes_per_entry_) + arena_used_ +
+    return slot_count_ * sizeof(Slot) +
+           entries_.size() * (2 * sizeof(Entry) + rollup_bytes_per_entry_) + arena_used_ +
            series_bytes_.size() + series_.size() * sizeof(Staged);
   }
   // Time to commit: checked between records, with room for a few more records' states.
@@ -197,9 +199,14 @@ class Compactor::PartialStates {
       std::vector<PartialState>& o = (*out)[target];
       const AggregateLayout& layout = *layouts_[target];
       const size_t bytes = layout.state_bytes();
-      auto state_of = [&](const Entry& e) { return std::span<std::byte>(arena_.get() + e.state_offset, bytes); };
-      auto start_of = [](const Entry& e) { return static_cast<int64_t>(e.bucket_biased ^ kBucketSignBit); };
-      for (size_t k = i; k < fine_end; ++k) o.push_back(PartialState{{row, 0, start_of(sorted_[k])}, state_of(sorted_[k])});
+      auto state_of = [&](const Entry& e) {
+        return std::span<std::byte>(arena_.get() + e.state_offset, bytes);
+      };
+      auto start_of = [](const Entry& e) {
+        return static_cast<int64_t>(e.bucket_biased ^ kBucketSignBit);
+      };
+      for (size_t k = i; k < fine_end; ++k)
+        o.push_back(PartialState{{row, 0, start_of(sorted_[k])}, state_of(sorted_[k])});
       size_t k = fine_end;
       for (size_t w = 1; w < widths_[target].size(); ++w) {
         const auto width = static_cast<uint8_t>(w);

@@ -109,7 +109,8 @@ std::string encode_view(const ViewMeta& v, const VersionMeta* current) {
   put(&s, current ? current->buckets_per_block : uint32_t{0});
   const size_t widths = current ? current->def.widths_ns.size() : 0;
   put(&s, static_cast<uint32_t>(widths));
-  for (size_t w = 0; w < ViewDef::kMaxWidths; ++w) put(&s, w < widths ? current->def.widths_ns[w] : int64_t{0});
+  for (size_t w = 0; w < ViewDef::kMaxWidths; ++w)
+    put(&s, w < widths ? current->def.widths_ns[w] : int64_t{0});
   s += text;
   return s;
 }
@@ -195,25 +196,75 @@ Wide floor_div(Wide a, int64_t b) {
   return q - ((a % b) < 0 ? 1 : 0);
 }
 
-uint64_t block_present(const std::byte* value) {
-  uint64_t present;
-  std::memcpy(&present, value, sizeof present);
-  return present;
+uint64_t slots_below(uint32_t slot) {
+  return slot >= 64 ? ~uint64_t{0} : (uint64_t{1} << slot) - 1;
 }
 
-uint64_t slots_below(uint32_t slot) { return slot >= 64 ? ~uint64_t{0} : (uint64_t{1} << slot) - 1; }
+// A block value, decoded (layout in view_store.h).
+struct Block {
+  uint64_t present = 0;
+  uint64_t compact = 0;               // present slots stored as kCompactStateBytes
+  const std::byte* states = nullptr;  // just past the header
 
-// The state of `slot` sits after the states of the present slots below it.
-size_t state_at(uint64_t present, uint32_t slot, size_t state_bytes) {
-  return kBlockHeaderBytes + static_cast<size_t>(std::popcount(present & slots_below(slot))) * state_bytes;
+  // Whether `value` is a well-formed block of `per_block` slots of `state_bytes` states.
+  bool parse(const MDB_val& value, uint32_t per_block, size_t state_bytes) {
+    if (value.mv_size < kBlockHeaderBytes) return false;
+    const auto* p = static_cast<const std::byte*>(value.mv_data);
+    std::memcpy(&present, p, 8);
+    std::memcpy(&compact, p + 8, 8);
+    states = p + kBlockHeaderBytes;
+    return present != 0 && (present & ~slots_below(per_block)) == 0 && (compact & ~present) == 0 &&
+           value.mv_size == kBlockHeaderBytes + bytes_of(present, compact, state_bytes);
+  }
+  // Offset from `states` of the state of `slot`: after the states of the present slots below.
+  size_t offset_of(uint32_t slot, size_t state_bytes) const {
+    return bytes_of(present & slots_below(slot), compact, state_bytes);
+  }
+  bool is_compact(uint32_t slot) const { return (compact >> slot & 1) != 0; }
+  // Bytes of the states of `slots`, `compact` of them compact.
+  static size_t bytes_of(uint64_t slots, uint64_t compact, size_t state_bytes) {
+    return static_cast<size_t>(std::popcount(slots & ~compact)) * state_bytes +
+           static_cast<size_t>(std::popcount(slots & compact)) * kCompactStateBytes;
+  }
+};
+
+// The compact form (i64 ts_ns, f64 value) of `state` when it is exactly what one update of an
+// empty state gives (scratch: state_bytes of room); false otherwise, e.g. with a distinct count.
+bool compact_form(const AggregateLayout& layout, std::span<const std::byte> state,
+                  std::span<std::byte> scratch, std::byte (&out)[kCompactStateBytes]) {
+  if (state.size() <= kCompactStateBytes || layout.count(state) != 1) return false;
+  int64_t ts = 0;
+  double value = 0;
+  size_t at = layout.offset(AggComponent::kLast);
+  if (at == AggregateLayout::kAbsent) at = layout.offset(AggComponent::kFirst);
+  if (at != AggregateLayout::kAbsent) {
+    std::memcpy(&ts, state.data() + at, 8);
+    std::memcpy(&value, state.data() + at + 8, 8);
+  } else {
+    at = layout.offset(AggComponent::kSum);
+    for (AggComponent c : {AggComponent::kMin, AggComponent::kMax, AggComponent::kMoments}) {
+      if (at == AggregateLayout::kAbsent) at = layout.offset(c);
+    }
+    if (at == AggregateLayout::kAbsent) return false;
+    std::memcpy(&value, state.data() + at, 8);
+  }
+  layout.init(scratch);
+  layout.update(scratch, value, ts, 0, false);
+  if (std::memcmp(scratch.data(), state.data(), state.size()) != 0) return false;
+  std::memcpy(out, &ts, 8);
+  std::memcpy(out + 8, &value, 8);
+  return true;
 }
 
-// Whether `value` is a well-formed block of `per_block` slots of `state_bytes` states.
-bool valid_block(const MDB_val& value, uint32_t per_block, size_t state_bytes) {
-  if (value.mv_size < kBlockHeaderBytes) return false;
-  const uint64_t present = block_present(static_cast<const std::byte*>(value.mv_data));
-  return present != 0 && (present & ~slots_below(per_block)) == 0 &&
-         value.mv_size == kBlockHeaderBytes + static_cast<size_t>(std::popcount(present)) * state_bytes;
+// The full state of a compact one.
+void expand_compact(const AggregateLayout& layout, const std::byte* compact,
+                    std::span<std::byte> out) {
+  int64_t ts;
+  double value;
+  std::memcpy(&ts, compact, 8);
+  std::memcpy(&value, compact + 8, 8);
+  layout.init(out);
+  layout.update(out, value, ts, 0, false);
 }
 
 std::string_view as_chars(const MDB_val& v) {
@@ -259,8 +310,8 @@ bool is_lmdb(const Status& s, int rc) { return !s.ok() && s.message().ends_with(
 }  // namespace
 
 uint32_t buckets_per_block(size_t state_bytes) {
-  return static_cast<uint32_t>(std::clamp<size_t>(kBlockTargetBytes / std::max<size_t>(state_bytes, 1), 1,
-                                                  kMaxBucketsPerBlock));
+  return static_cast<uint32_t>(std::clamp<size_t>(
+      kBlockTargetBytes / std::max<size_t>(state_bytes, 1), 1, kMaxBucketsPerBlock));
 }
 
 void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]) {
@@ -327,6 +378,10 @@ struct Shared {
   std::unordered_map<std::string, Handle> dbis;  // data databases (guarded by mu)
   size_t live_snapshots = 0;                     // guarded by mu
   std::vector<std::string> latest_names;         // reader: names of the newest snapshot
+  // Layouts of the definitions whose compact states snapshots expanded (guarded by mu).
+  std::map<std::string, std::unique_ptr<const AggregateLayout>, std::less<>> layouts;
+
+  Result<const AggregateLayout*> layout_for(const ViewInfo& view);
 
   Result<lmdb::Txn> begin_read_locked();
   Result<ViewSnapshot> snapshot(const std::shared_ptr<Shared>& self);
@@ -334,6 +389,30 @@ struct Shared {
   // Reader: opens `names` in a short read transaction whose commit keeps the handles.
   Status open_handles_locked(const std::vector<std::string>& names);
 };
+
+Result<const AggregateLayout*> Shared::layout_for(const ViewInfo& view) {
+  std::lock_guard lock(mu);
+  auto it = layouts.find(view.definition);
+  if (it == layouts.end()) {
+    auto def = parse_view(view.definition);
+    if (!def.ok()) {
+      return Status::Unsupported(
+          env.path().string() + ": view '" + view.name +
+          "': this build cannot read its definition: " + def.status().message());
+    }
+    auto layout = AggregateLayout::for_view(*def);
+    if (!layout.ok()) return layout.status();
+    if (layout->state_bytes() != view.state_bytes ||
+        layout->state_format_id() != view.state_format_id) {
+      return Status::Unsupported(env.path().string() + ": view '" + view.name +
+                                 "': its states are laid out differently from this build's");
+    }
+    it = layouts
+             .emplace(view.definition, std::make_unique<const AggregateLayout>(std::move(*layout)))
+             .first;
+  }
+  return it->second.get();
+}
 
 Result<lmdb::Txn> Shared::begin_read_locked() {
   for (int attempt = 0;; ++attempt) {
@@ -468,7 +547,8 @@ ViewSnapshot::ViewSnapshot(ViewSnapshot&& other) noexcept
       watermark_(other.watermark_),
       views_(std::move(other.views_)),
       dbi_names_(std::move(other.dbi_names_)),
-      dbis_(std::move(other.dbis_)) {}
+      dbis_(std::move(other.dbis_)),
+      expanded_(std::move(other.expanded_)) {}
 
 ViewSnapshot& ViewSnapshot::operator=(ViewSnapshot&& other) noexcept {
   if (this != &other) {
@@ -479,6 +559,7 @@ ViewSnapshot& ViewSnapshot::operator=(ViewSnapshot&& other) noexcept {
     views_ = std::move(other.views_);
     dbi_names_ = std::move(other.dbi_names_);
     dbis_ = std::move(other.dbis_);
+    expanded_ = std::move(other.expanded_);
   }
   return *this;
 }
@@ -523,17 +604,26 @@ Result<std::optional<std::span<const std::byte>>> ViewSnapshot::get(const ViewIn
   auto v = txn_.get(dbis_[*i], lmdb::val(std::span<const std::byte>(k)));
   if (v.status().code() == Status::Code::kNotFound) return Found();
   if (!v.ok()) return v.status();
-  if (!valid_block(lmdb::val(*v), per_block, view.state_bytes)) return block_error(view, key.row_id, *v);
-  const uint64_t present = block_present(v->data());
-  if ((present >> slot & 1) == 0) return Found();
-  return Found(v->subspan(state_at(present, slot, view.state_bytes), view.state_bytes));
+  Block b;
+  if (!b.parse(lmdb::val(*v), per_block, view.state_bytes))
+    return block_error(view, key.row_id, *v);
+  if ((b.present >> slot & 1) == 0) return Found();
+  const std::byte* state = b.states + b.offset_of(slot, view.state_bytes);
+  if (!b.is_compact(slot)) return Found(std::span<const std::byte>(state, view.state_bytes));
+  auto layout = shared_->layout_for(view);
+  if (!layout.ok()) return layout.status();
+  std::vector<std::byte>& full = expanded_.emplace_back(view.state_bytes);
+  expand_compact(**layout, state, full);
+  return Found(std::span<const std::byte>(full));
 }
 
-Status ViewSnapshot::block_error(const ViewInfo& view, uint64_t row_id, std::span<const std::byte> value) const {
+Status ViewSnapshot::block_error(const ViewInfo& view, uint64_t row_id,
+                                 std::span<const std::byte> value) const {
   return Status::Corruption(shared_->env.path().string() + ": view '" + view.name + "' row " +
-                            std::to_string(row_id) + ": a block of " + std::to_string(value.size()) +
-                            " bytes is not a bucket set of " + std::to_string(view.buckets_per_block) +
-                            " slots of " + std::to_string(view.state_bytes) + "-byte states");
+                            std::to_string(row_id) + ": a block of " +
+                            std::to_string(value.size()) + " bytes is not a bucket set of " +
+                            std::to_string(view.buckets_per_block) + " slots of " +
+                            std::to_string(view.state_bytes) + "-byte states");
 }
 
 Status ViewSnapshot::scan(const ViewInfo& view, uint64_t row_id, uint8_t width_index,
@@ -548,6 +638,8 @@ Status ViewSnapshot::scan(const ViewInfo& view, uint64_t row_id, uint8_t width_i
   const size_t n = view.state_bytes;
   const Wide first = first_bucket_at_or_after(from_ns, width);  // bucket numbers [first, end)
   const Wide end = first_bucket_at_or_after(to_ns, width);
+  const AggregateLayout* layout = nullptr;  // to expand compact states, once one shows up
+  std::vector<std::byte> expanded;
   auto cursor = lmdb::Cursor::open(txn_, dbis_[*i]);
   if (!cursor.ok()) return cursor.status();
   std::byte start[kBlockKeyBytes];
@@ -559,14 +651,28 @@ Status ViewSnapshot::scan(const ViewInfo& view, uint64_t row_id, uint8_t width_i
     const BlockKey key = decode_block_key(lmdb::bytes(k));
     const Wide base = Wide{key.block} * per_block;
     if (key.row_id != row_id || key.width_index != width_index || base >= end) return Status::Ok();
-    if (!valid_block(v, per_block, n)) return block_error(view, row_id, lmdb::bytes(v));
-    const auto* value = static_cast<const std::byte*>(v.mv_data);
-    const std::byte* state = value + kBlockHeaderBytes;
-    for (uint64_t present = block_present(value); present != 0; present &= present - 1, state += n) {
-      const Wide q = base + std::countr_zero(present);
+    Block b;
+    if (!b.parse(v, per_block, n)) return block_error(view, row_id, lmdb::bytes(v));
+    const std::byte* state = b.states;
+    for (uint64_t present = b.present; present != 0; present &= present - 1) {
+      const auto slot = static_cast<uint32_t>(std::countr_zero(present));
+      const std::byte* at = state;
+      state += b.is_compact(slot) ? kCompactStateBytes : n;
+      const Wide q = base + slot;
       if (q < first) continue;
       if (q >= end) return Status::Ok();
-      if (!fn(static_cast<int64_t>(q * width), std::span<const std::byte>(state, n))) return Status::Ok();
+      std::span<const std::byte> full(at, n);
+      if (b.is_compact(slot)) {
+        if (layout == nullptr) {
+          auto known = shared_->layout_for(view);
+          if (!known.ok()) return known.status();
+          layout = *known;
+          expanded.resize(n);
+        }
+        expand_compact(*layout, at, expanded);
+        full = expanded;
+      }
+      if (!fn(static_cast<int64_t>(q * width), full)) return Status::Ok();
     }
   }
 }
@@ -622,7 +728,8 @@ Result<uint64_t> ViewSnapshot::bucket_count(const ViewInfo& view) const {
   if (!rec.ok()) return rec.status();
   VersionMeta v;
   if (!decode_version(*rec, &v)) {
-    return Status::Corruption(shared_->env.path().string() + ": meta record '" + key + "' is malformed");
+    return Status::Corruption(shared_->env.path().string() + ": meta record '" + key +
+                              "' is malformed");
   }
   return v.bucket_count;
 }
@@ -926,8 +1033,8 @@ namespace {
 
 // Rewrites version record `key` in txn: its covered_offset (unless nullopt) and its bucket
 // count, by `bucket_delta`.
-Status update_version(lmdb::Txn& txn, MDB_dbi meta, const std::string& key, std::optional<uint64_t> covered,
-                      int64_t bucket_delta) {
+Status update_version(lmdb::Txn& txn, MDB_dbi meta, const std::string& key,
+                      std::optional<uint64_t> covered, int64_t bucket_delta) {
   auto rec = txn.get(meta, lmdb::val(key));
   if (!rec.ok()) return rec.status();
   std::string b(reinterpret_cast<const char*>(rec->data()), rec->size());
@@ -1017,8 +1124,8 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
     return delta;
   };
   if (step.rebuild_version != 0) {
-    return update_version(txn, meta, version_key(rebuilt->view, rebuilt->version), step.to.end_offset,
-                          delta_of(rebuilt->version));
+    return update_version(txn, meta, version_key(rebuilt->view, rebuilt->version),
+                          step.to.end_offset, delta_of(rebuilt->version));
   }
   Watermark w = state_.watermark;
   w.log_offset = step.to.end_offset;
@@ -1033,7 +1140,8 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
   for (const auto& [_, v] : state_.versions) {
     if (!s.ok()) break;
     if (v.state == VersionState::kCurrent) {
-      s = update_version(txn, meta, version_key(v.view, v.version), w.log_offset, delta_of(v.version));
+      s = update_version(txn, meta, version_key(v.view, v.version), w.log_offset,
+                         delta_of(v.version));
     }
   }
   return s;
@@ -1054,10 +1162,13 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
   if (!cursor.ok()) return cursor.status();
   MDB_cursor* c = cursor->get();
   auto invalid = [&](const BucketKey& key, const std::string& why) {
-    return Status::Invalid(dir + ": view '" + v.view + "' version " + std::to_string(v.version) + " row " +
-                           std::to_string(key.row_id) + " width " + std::to_string(key.width_index) +
-                           " bucket " + std::to_string(key.bucket_start_ns) + ": " + why);
+    return Status::Invalid(dir + ": view '" + v.view + "' version " + std::to_string(v.version) +
+                           " row " + std::to_string(key.row_id) + " width " +
+                           std::to_string(key.width_index) + " bucket " +
+                           std::to_string(key.bucket_start_ns) + ": " + why);
   };
+  merge_states_.resize(kMaxBucketsPerBlock * n);
+  compact_scratch_.resize(n);
   bool past_end = false;  // every later key is beyond the database's last key: append
   uint64_t added = 0, merged = 0;
   constexpr size_t kPrefetch = 16;
@@ -1076,14 +1187,20 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
         __builtin_prefetch(ahead + n - 1);
       }
       const PartialState& ps = states[j];
-      if (ps.state.size() != n) return invalid(ps.key, "a step state of " + std::to_string(ps.state.size()) + " bytes, expected " + std::to_string(n));
-      if (prev != nullptr && !(*prev < ps.key)) return invalid(ps.key, "step states must be sorted by key and unique");
+      if (ps.state.size() != n)
+        return invalid(ps.key, "a step state of " + std::to_string(ps.state.size()) +
+                                   " bytes, expected " + std::to_string(n));
+      if (prev != nullptr && !(*prev < ps.key))
+        return invalid(ps.key, "step states must be sorted by key and unique");
       if (ps.key.width_index >= widths.size()) return invalid(ps.key, "no such width");
       const int64_t width = widths[ps.key.width_index];
-      if (ps.key.bucket_start_ns % width != 0) return invalid(ps.key, "not a multiple of the width");
+      if (ps.key.bucket_start_ns % width != 0)
+        return invalid(ps.key, "not a multiple of the width");
       const int64_t q = ps.key.bucket_start_ns / width;
       const int64_t b = floor_div(q, per_block);
-      if (j > i && (ps.key.row_id != block.row_id || ps.key.width_index != block.width_index || b != block.block)) break;
+      if (j > i && (ps.key.row_id != block.row_id || ps.key.width_index != block.width_index ||
+                    b != block.block))
+        break;
       if (j == i) block = BlockKey{ps.key.row_id, ps.key.width_index, b};
       const auto slot = static_cast<uint32_t>(q - b * per_block);
       fresh |= uint64_t{1} << slot;
@@ -1093,8 +1210,7 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
     std::byte kb[kBlockKeyBytes];
     encode_block_key(block, kb);
     MDB_val k{kBlockKeyBytes, kb};
-    uint64_t stored = 0;  // slots already in the database
-    const std::byte* old = nullptr;
+    Block old;  // present == 0: none stored
     if (!past_end) {
       MDB_val fk = k, fv{};
       const int rc = mdb_cursor_get(c, &fk, &fv, MDB_SET_RANGE);
@@ -1102,53 +1218,77 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
         past_end = true;
       } else if (rc != 0) {
         return txn.error(rc, "mdb_cursor_get(" + v.view + ")");
-      } else if (fk.mv_size == kBlockKeyBytes && std::memcmp(fk.mv_data, kb, kBlockKeyBytes) == 0) {
-        if (!valid_block(fv, per_block, n)) {
-          return Status::Corruption(dir + ": view '" + v.view + "' version " + std::to_string(v.version) + " row " +
-                                    std::to_string(block.row_id) + ": a stored block of " +
-                                    std::to_string(fv.mv_size) + " bytes is malformed");
-        }
-        old = static_cast<const std::byte*>(fv.mv_data);
-        stored = block_present(old);
+      } else if (fk.mv_size == kBlockKeyBytes && std::memcmp(fk.mv_data, kb, kBlockKeyBytes) == 0 &&
+                 !old.parse(fv, per_block, n)) {
+        return Status::Corruption(dir + ": view '" + v.view + "' version " +
+                                  std::to_string(v.version) + " row " +
+                                  std::to_string(block.row_id) + ": a stored block of " +
+                                  std::to_string(fv.mv_size) + " bytes is malformed");
       }
     }
-    const uint64_t present = stored | fresh;
-    MDB_val nv{kBlockHeaderBytes + static_cast<size_t>(std::popcount(present)) * n, nullptr};
+    // Each present slot's final state (merged ones in merge_states_), and which are compact.
+    const uint64_t present = old.present | fresh;
+    uint64_t compact = 0;
+    const std::byte* final_state[kMaxBucketsPerBlock];
+    const std::byte* was = old.states;  // walks the stored states in slot order
+    for (uint64_t bits = present; bits != 0; bits &= bits - 1) {
+      const auto slot = static_cast<uint32_t>(std::countr_zero(bits));
+      const uint64_t bit = uint64_t{1} << slot;
+      const std::byte* stored = was;
+      if (old.present & bit) was += old.is_compact(slot) ? kCompactStateBytes : n;
+      if ((fresh & bit) == 0) {  // kept as stored
+        final_state[slot] = stored;
+        compact |= old.compact & bit;
+        continue;
+      }
+      const std::byte* state = incoming[slot];
+      if (old.present & bit) {
+        const std::span<std::byte> into(merge_states_.data() + slot * n, n);
+        if (old.is_compact(slot)) {
+          expand_compact(layout, stored, into);
+        } else if (Status valid = layout.validate({stored, n}); !valid.ok()) {
+          return Status::Corruption(
+              dir + ": view '" + v.view + "' version " + std::to_string(v.version) + " row " +
+              std::to_string(block.row_id) + " block " + std::to_string(block.block) + " slot " +
+              std::to_string(slot) + ": " + valid.message());
+        } else {
+          std::memcpy(into.data(), stored, n);
+        }
+        layout.merge(into, {incoming[slot], n});
+        state = into.data();
+        ++merged;
+      }
+      if (compact_form(layout, {state, n}, compact_scratch_, compact_states_[slot])) {
+        compact |= bit;
+        state = compact_states_[slot];
+      }
+      final_state[slot] = state;
+    }
+    MDB_val nv{kBlockHeaderBytes + Block::bytes_of(present, compact, n), nullptr};
     std::byte* out = nullptr;
-    if (old == nullptr) {
+    if (old.present == 0) {
       const int rc = mdb_cursor_put(c, &k, &nv, MDB_RESERVE | (past_end ? MDB_APPEND : 0));
       if (rc != 0) return txn.error(rc, "mdb_cursor_put(" + v.view + ")");
       out = static_cast<std::byte*>(nv.mv_data);
     } else {
-      merge_buf_.resize(nv.mv_size);  // `old` stays valid until the put below
+      merge_buf_.resize(nv.mv_size);  // the stored block stays valid until the put below
       out = merge_buf_.data();
     }
-    std::memcpy(out, &present, sizeof present);
+    std::memcpy(out, &present, 8);
+    std::memcpy(out + 8, &compact, 8);
     std::byte* dst = out + kBlockHeaderBytes;
-    for (uint64_t bits = present; bits != 0; bits &= bits - 1, dst += n) {
+    for (uint64_t bits = present; bits != 0; bits &= bits - 1) {
       const auto slot = static_cast<uint32_t>(std::countr_zero(bits));
-      const uint64_t bit = uint64_t{1} << slot;
-      if ((stored & bit) == 0) {
-        std::memcpy(dst, incoming[slot], n);
-        continue;
-      }
-      const std::span<const std::byte> was(old + state_at(stored, slot, n), n);
-      std::memcpy(dst, was.data(), n);
-      if ((fresh & bit) == 0) continue;
-      if (Status valid = layout.validate(was); !valid.ok()) {
-        return Status::Corruption(dir + ": view '" + v.view + "' version " + std::to_string(v.version) + " row " +
-                                  std::to_string(block.row_id) + " block " + std::to_string(block.block) +
-                                  " slot " + std::to_string(slot) + ": " + valid.message());
-      }
-      layout.merge(std::span<std::byte>(dst, n), std::span<const std::byte>(incoming[slot], n));
-      ++merged;
+      const size_t bytes = (compact >> slot & 1) ? kCompactStateBytes : n;
+      std::memcpy(dst, final_state[slot], bytes);
+      dst += bytes;
     }
-    if (old != nullptr) {
+    if (old.present != 0) {
       nv.mv_data = out;
       const int rc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
       if (rc != 0) return txn.error(rc, "mdb_cursor_put(" + v.view + ", merge)");
     }
-    added += static_cast<uint64_t>(std::popcount(present) - std::popcount(stored));
+    added += static_cast<uint64_t>(std::popcount(present) - std::popcount(old.present));
     i = j;
   }
   counters_.states_merged.fetch_add(merged, std::memory_order_relaxed);
@@ -1411,34 +1551,40 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
               }
               const BlockKey key = decode_block_key(lmdb::bytes(k));
               const Wide first_kept = key.width_index < keep_from.size()
-                                              ? keep_from[key.width_index]
-                                              : Wide{std::numeric_limits<int64_t>::min()};
-              const Wide old_slots = first_kept - Wide{key.block} * per_block;  // slots below are old
-              BlockKey after = key;  // where to go on from
+                                          ? keep_from[key.width_index]
+                                          : Wide{std::numeric_limits<int64_t>::min()};
+              const Wide old_slots =
+                  first_kept - Wide{key.block} * per_block;  // slots below are old
+              BlockKey after = key;                          // where to go on from
               if (old_slots > 0) {
                 if (deleted >= max_deletes_per_txn) {
                   next = key;  // resume here in the next transaction
                   return finish();
                 }
-                if (!valid_block(val, per_block, n)) {
+                Block b;
+                if (!b.parse(val, per_block, n)) {
                   return Status::Corruption(options_.dir.string() + ": view '" + v.view + "' row " +
                                             std::to_string(key.row_id) + ": a stored block of " +
                                             std::to_string(val.mv_size) + " bytes is malformed");
                 }
-                const auto* value = static_cast<const std::byte*>(val.mv_data);
-                const uint64_t present = block_present(value);
-                const uint64_t old = present & slots_below(static_cast<uint32_t>(std::min<Wide>(old_slots, 64)));
+                const uint64_t present = b.present;
+                const uint64_t old =
+                    present & slots_below(static_cast<uint32_t>(std::min<Wide>(old_slots, 64)));
                 deleted += static_cast<uint64_t>(std::popcount(old));
                 int rc = 0;
                 if (old == present) {
                   rc = mdb_cursor_del(c, 0);
                 } else if (old != 0) {
-                  // Keep the young slots: they are the last states of the block.
+                  // Keep the young slots: their states are the last of the block.
                   const uint64_t young = present & ~old;
-                  const size_t keep_bytes = static_cast<size_t>(std::popcount(young)) * n;
+                  const uint64_t compact = b.compact & young;
+                  const size_t keep_bytes = Block::bytes_of(young, compact, n);
                   merge_buf_.resize(kBlockHeaderBytes + keep_bytes);
-                  std::memcpy(merge_buf_.data(), &young, sizeof young);
-                  std::memcpy(merge_buf_.data() + kBlockHeaderBytes, value + val.mv_size - keep_bytes, keep_bytes);
+                  std::memcpy(merge_buf_.data(), &young, 8);
+                  std::memcpy(merge_buf_.data() + 8, &compact, 8);
+                  std::memcpy(merge_buf_.data() + kBlockHeaderBytes,
+                              static_cast<const std::byte*>(val.mv_data) + val.mv_size - keep_bytes,
+                              keep_bytes);
                   MDB_val nv{merge_buf_.size(), merge_buf_.data()};
                   rc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
                 }

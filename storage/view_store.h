@@ -9,6 +9,7 @@
 #include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -64,12 +65,19 @@ namespace runnel::storage {
 //   8    1     width_index      index into the version's ViewDef::widths_ns
 //   9    8     block            big-endian u64 of (i64 block number XOR 0x8000000000000000),
 //                               so that signed order is byte order (pre-1970 blocks sort first)
-// Data value (8 + n * state_bytes bytes, n = popcount(present) >= 1; little-endian):
-//   off  size        field
-//   0    8           u64 present   bit s set: the bucket in slot s is stored (s < B)
-//   8    state_bytes the state of the lowest present slot, AggregateLayout::state_bytes() of
-//   ...              the version's definition (model/aggregate.h); then the next present
-//                    slot's, in ascending slot order (time order)
+// Data value (16 + f * state_bytes + c * 16 bytes; little-endian, no alignment assumed):
+//   off  size   field
+//   0    8      u64 present   bit s set: the bucket in slot s is stored (s < B); never 0
+//   8    8      u64 compact   bit s set (only where present): slot s is stored compact
+//   16   ...    the states of the present slots in ascending slot order (time order), each
+//              either full: AggregateLayout::state_bytes() of the version's definition
+//                   (model/aggregate.h), f of them;
+//              or compact (16 bytes, c of them): i64 ts_ns, f64 value, standing for the
+//                   state that AggregateLayout::init() then update(value, ts_ns) gives. The
+//                   writer stores a bucket compact exactly when that state equals its full one
+//                   byte for byte (a bucket of one event, without a distinct count), so that
+//                   buckets of single events (1s buckets of a series sampled every few
+//                   seconds) take 16 bytes, not state_bytes.
 //
 // Series key: row_id as 8 bytes big-endian. Value: the row key bytes of
 // model/view_router.h (group key block + u16 field_len + field), the same bytes the live series
@@ -128,7 +136,8 @@ inline constexpr char kViewStoreMagic[8] = {'R', 'N', 'L', 'V', 'I', 'E', 'W', '
 // Layout 1 (until this one) stored one LMDB key per bucket; it is not read any more.
 inline constexpr uint32_t kViewStoreLayoutVersion = 2;
 inline constexpr size_t kBlockKeyBytes = 17;
-inline constexpr size_t kBlockHeaderBytes = 8;
+inline constexpr size_t kBlockHeaderBytes = 16;
+inline constexpr size_t kCompactStateBytes = 16;
 inline constexpr uint32_t kMaxBucketsPerBlock = 64;
 // A block of default states (56 bytes) then holds 36 buckets, 2024 bytes at most: small enough
 // to rewrite whole when a step adds to it, big enough that a step writes few keys.
@@ -189,12 +198,14 @@ struct Shared;
 
 // One consistent read of the batch views: a read-only LMDB transaction, so the watermark, the
 // current versions and every state it returns belong to one committed step, whatever the
-// writer commits or switches meanwhile. Spans point into the read-only map and stay valid
-// until the snapshot is destroyed. Move-only; one thread at a time (it may move between
-// threads). While it lives, the writer cannot reuse its pages: keep snapshots short.
+// writer commits or switches meanwhile. Spans that get() returns point into the read-only map
+// (or, for a bucket stored compact, into memory of the snapshot) and stay valid until the
+// snapshot is destroyed; those scan() passes to its callback only until the callback returns.
+// Move-only; one thread at a time (it may move between threads). While it lives, the writer cannot
+// reuse its pages: keep snapshots short.
 class ViewSnapshot {
  public:
-  // fn(bucket_start_ns, state) per bucket; return false to stop.
+  // fn(bucket_start_ns, state) per bucket; return false to stop. `state` is valid during the call.
   using BucketFn = std::function<bool(int64_t, std::span<const std::byte>)>;
 
   ViewSnapshot(ViewSnapshot&& other) noexcept;
@@ -233,6 +244,7 @@ class ViewSnapshot {
   std::vector<ViewInfo> views_;
   std::vector<std::string> dbi_names_;  // parallel to views_; empty without a current version
   std::vector<unsigned> dbis_;          // parallel to views_ (MDB_dbi)
+  mutable std::deque<std::vector<std::byte>> expanded_;  // compact states get() returned in full
 };
 
 struct ViewReaderOptions {
@@ -458,7 +470,10 @@ class ViewStore {
   StoreState state_;
   ViewStoreCounters counters_;
   std::vector<std::byte> merge_buf_;
-  std::vector<std::pair<uint64_t, int64_t>> step_bucket_delta_;  // (version, buckets added)
+  std::vector<std::byte> merge_states_;     // merge_blocks: per slot, a merged state
+  std::vector<std::byte> compact_scratch_;  // merge_blocks: one state
+  std::byte compact_states_[kMaxBucketsPerBlock][kCompactStateBytes];  // per slot, compact form
+  std::vector<std::pair<uint64_t, int64_t>> step_bucket_delta_;        // (version, buckets added)
 };
 
 }  // namespace runnel::storage

@@ -103,9 +103,14 @@ uint64_t count_at(const ViewSnapshot& snap, const ViewInfo& view, const BucketKe
 }
 
 TEST(ViewStoreKeys, BlockKeysSortByRowThenWidthThenSignedBlock) {
-  std::vector<BlockKey> keys = {{1, 0, -5}, {1, 0, -1}, {1, 0, 0}, {1, 0, 7},
-                                {1, 1, std::numeric_limits<int64_t>::min()}, {1, 1, 3},
-                                {2, 0, std::numeric_limits<int64_t>::max()}, {0x0100000000000000, 0, 0}};
+  std::vector<BlockKey> keys = {{1, 0, -5},
+                                {1, 0, -1},
+                                {1, 0, 0},
+                                {1, 0, 7},
+                                {1, 1, std::numeric_limits<int64_t>::min()},
+                                {1, 1, 3},
+                                {2, 0, std::numeric_limits<int64_t>::max()},
+                                {0x0100000000000000, 0, 0}};
   std::sort(keys.begin(), keys.end());
   for (size_t i = 0; i < keys.size(); ++i) {
     std::byte a[kBlockKeyBytes];
@@ -470,9 +475,12 @@ TEST(ViewStore, BucketsAddedToBlocksOverManyStepsReadBackInTimeOrder) {
   for (int step = 0; step < 6; ++step) {
     std::vector<PartialState> states;
     // Every third second from -2 blocks on, each step one block further, overlapping the last.
+    // Buckets of one event are stored compact, of two in full; merging turns compact ones full.
     for (int64_t q = -2 * per_block + step * per_block; q < step * per_block + 5; q += 3) {
-      states.push_back(m.make({3, 0, q * kSecond}, {1.0, 2.0}));
-      expected[q * kSecond] += 2;
+      const bool single = (q / 3 + step) % 2 == 0;
+      states.push_back(single ? m.make({3, 0, q * kSecond}, {1.5}, q * kSecond + 7)
+                              : m.make({3, 0, q * kSecond}, {1.0, 2.0}, q * kSecond));
+      expected[q * kSecond] += single ? 1 : 2;
     }
     states.push_back(m.make({3, 1, 0}, {1.0}));
     to += 80;
@@ -484,13 +492,14 @@ TEST(ViewStore, BucketsAddedToBlocksOverManyStepsReadBackInTimeOrder) {
   EXPECT_EQ(v.buckets_per_block, static_cast<uint32_t>(per_block));
   EXPECT_EQ(v.widths_ns, f.def.widths_ns);
   std::map<int64_t, uint64_t> read;
-  ASSERT_TRUE(snap->scan(v, 3, 0, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
-                         [&](int64_t t, std::span<const std::byte> state) {
-                           EXPECT_TRUE(read.empty() || read.rbegin()->first < t) << "out of order at " << t;
-                           read[t] = m.layout().count(state);
-                           return true;
-                         })
-                  .ok());
+  ASSERT_TRUE(
+      snap->scan(v, 3, 0, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
+                 [&](int64_t t, std::span<const std::byte> state) {
+                   EXPECT_TRUE(read.empty() || read.rbegin()->first < t) << "out of order at " << t;
+                   read[t] = m.layout().count(state);
+                   return true;
+                 })
+          .ok());
   EXPECT_EQ(read, expected);
   for (const auto& [t, n] : expected) EXPECT_EQ(count_at(*snap, v, {3, 0, t}, m.layout()), n) << t;
   EXPECT_EQ(count_at(*snap, v, {3, 1, 0}, m.layout()), 6u);
@@ -499,10 +508,11 @@ TEST(ViewStore, BucketsAddedToBlocksOverManyStepsReadBackInTimeOrder) {
   EXPECT_EQ(snap->bucket_count(v).value(), expected.size() + 1);
   // A range that starts and ends inside blocks.
   std::vector<int64_t> starts;
-  ASSERT_TRUE(snap->scan(v, 3, 0, -kSecond - 1, per_block * kSecond + 1, [&](int64_t t, auto) {
-                    starts.push_back(t);
-                    return true;
-                  })
+  ASSERT_TRUE(snap->scan(v, 3, 0, -kSecond - 1, per_block * kSecond + 1,
+                         [&](int64_t t, auto) {
+                           starts.push_back(t);
+                           return true;
+                         })
                   .ok());
   std::vector<int64_t> want;
   for (const auto& [t, n] : expected) {
@@ -528,7 +538,8 @@ TEST(ViewStore, RetentionTrimsABlockThatStraddlesTheCutoff) {
   const int64_t per_block = buckets_per_block(m.layout().state_bytes());
   const int64_t now = 1000 * kDay + 7 * kSecond;  // the cutoff falls inside a block
   std::vector<PartialState> states;
-  for (int64_t q = 0; q < 3 * per_block; ++q) states.push_back(m.make({1, 0, now - q * kSecond - kSecond}, {1.0}));
+  for (int64_t q = 0; q < 3 * per_block; ++q)
+    states.push_back(m.make({1, 0, now - q * kSecond - kSecond}, {1.0}));
   ASSERT_TRUE(f.step(states, 80).ok());
   BucketRetention keep_a_block;
   keep_a_block.rules = {{kSecond, per_block * kSecond}};
@@ -539,7 +550,8 @@ TEST(ViewStore, RetentionTrimsABlockThatStraddlesTheCutoff) {
   ASSERT_TRUE(snap.ok());
   const ViewInfo& v = *snap->find_view("v");
   std::vector<int64_t> starts;
-  ASSERT_TRUE(snap->scan(v, 1, 0, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
+  ASSERT_TRUE(snap->scan(v, 1, 0, std::numeric_limits<int64_t>::min(),
+                         std::numeric_limits<int64_t>::max(),
                          [&](int64_t t, auto) {
                            starts.push_back(t);
                            return true;
@@ -549,7 +561,8 @@ TEST(ViewStore, RetentionTrimsABlockThatStraddlesTheCutoff) {
   EXPECT_EQ(starts.front(), now - per_block * kSecond);
   EXPECT_EQ(starts.back(), now - kSecond);
   EXPECT_EQ(snap->bucket_count(v).value(), static_cast<uint64_t>(per_block));
-  EXPECT_EQ(f.store->state().find_version(f.version)->bucket_count, static_cast<uint64_t>(per_block));
+  EXPECT_EQ(f.store->state().find_version(f.version)->bucket_count,
+            static_cast<uint64_t>(per_block));
 }
 
 // A store written by an older build (one key per bucket) is refused, saying what to do.
@@ -587,6 +600,60 @@ TEST(ViewStore, OlderLayoutIsUnsupportedAndTheErrorSaysToRemoveTheViews) {
   auto reader = ViewReader::open(dir);
   ASSERT_FALSE(reader.ok());
   EXPECT_EQ(reader.status().code(), Status::Code::kUnsupported);
+}
+
+// A bucket of one event is stored in 16 bytes and read back as the very state it stands for.
+TEST(ViewStore, SingleEventBucketsAreStoredCompactAndReadBackByteForByte) {
+  Fixture f;
+  ASSERT_TRUE(f.store);
+  StateMaker m(f.def);
+  std::vector<PartialState> states;
+  for (int64_t q = 0; q < 30; ++q)
+    states.push_back(
+        m.make({5, 0, q * kSecond}, {0.25 * static_cast<double>(q) - 3}, q * kSecond + q));
+  states.push_back(m.make({5, 1, 0}, {1.0, 2.0, 3.0}, 9));
+  const std::vector<PartialState> written = states;
+  ASSERT_TRUE(f.step(states, 80).ok());
+  {
+    auto snap = f.store->snapshot();
+    ASSERT_TRUE(snap.ok());
+    const ViewInfo& v = *snap->find_view("v");
+    for (const PartialState& ps : written) {
+      auto got = snap->get(v, ps.key);
+      ASSERT_TRUE(got.ok() && got->has_value()) << ps.key.bucket_start_ns;
+      EXPECT_TRUE(std::equal(ps.state.begin(), ps.state.end(), (*got)->begin(), (*got)->end()))
+          << "width " << int(ps.key.width_index) << " bucket " << ps.key.bucket_start_ns;
+    }
+    size_t scanned = 0;
+    ASSERT_TRUE(snap->scan(v, 5, 0, 0, 30 * kSecond,
+                           [&](int64_t t, std::span<const std::byte> state) {
+                             const PartialState& ps = written[static_cast<size_t>(t / kSecond)];
+                             EXPECT_TRUE(std::equal(ps.state.begin(), ps.state.end(), state.begin(),
+                                                    state.end()))
+                                 << t;
+                             ++scanned;
+                             return true;
+                           })
+                    .ok());
+    EXPECT_EQ(scanned, 30u);
+  }
+  // On disk, the block holds the 30 one-event buckets as 16 bytes each.
+  const auto dir = f.store->dir();
+  f.store.reset();
+  lmdb::EnvOptions eo;
+  eo.dir = dir;
+  eo.max_dbs = 8;
+  auto env = lmdb::Env::open(eo);
+  ASSERT_TRUE(env.ok());
+  auto txn = lmdb::Txn::begin(*env, MDB_RDONLY);
+  ASSERT_TRUE(txn.ok());
+  MDB_dbi dbi = 0;
+  ASSERT_EQ(mdb_dbi_open(txn->get(), ("d/v/" + std::to_string(f.version)).c_str(), 0, &dbi), 0);
+  std::byte key[kBlockKeyBytes];
+  encode_block_key({5, 0, 0}, key);
+  auto block = txn->get(dbi, lmdb::val(std::span<const std::byte>(key)));
+  ASSERT_TRUE(block.ok());
+  EXPECT_EQ(block->size(), kBlockHeaderBytes + 30 * kCompactStateBytes);
 }
 
 }  // namespace
