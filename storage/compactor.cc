@@ -61,9 +61,10 @@ void CompactionStats::add(const CompactionStats& o) {
 // kernel allows (fewer TLB misses on random probes); a step clears it without freeing.
 //
 // Only the widths a target takes directly are aggregated per event: the finest, and any width
-// that is not a multiple of it. The others are rolled up at commit from the finest width's
-// states of the step (AggregateLayout::merge, the monoid every layer relies on), which cuts
-// the updates per event of the default view (1s/1m/1h) from three per field to one.
+// that is not a multiple of it. The others are rolled up at commit from the step's states of
+// the widest smaller width that divides them (1h from 1m from 1s; AggregateLayout::merge, the
+// monoid every layer relies on), which cuts the updates per event of the default view from
+// three per field to one.
 //
 // Hot path: updates are queued (add), and applied in batches (apply): first every queued key's
 // slot is prefetched, then probed, then every state prefetched, then updated, so the cache
@@ -205,27 +206,44 @@ class Compactor::PartialStates {
       auto start_of = [](const Entry& e) {
         return static_cast<int64_t>(e.bucket_biased ^ kBucketSignBit);
       };
-      for (size_t k = i; k < fine_end; ++k)
+      // from[w], to[w]: the row's states of width w in o. A rolled-up width folds the states of
+      // the widest width below it that divides it (1h from 1m), else the finest's.
+      size_t from[ViewDef::kMaxWidths], to[ViewDef::kMaxWidths];
+      const std::vector<int64_t>& widths = widths_[target];
+      from[0] = o.size();
+      for (size_t k = i; k < fine_end; ++k) {
         o.push_back(PartialState{{row, 0, start_of(sorted_[k])}, state_of(sorted_[k])});
+      }
+      to[0] = o.size();
       size_t k = fine_end;
-      for (size_t w = 1; w < widths_[target].size(); ++w) {
+      for (size_t w = 1; w < widths.size(); ++w) {
         const auto width = static_cast<uint8_t>(w);
+        from[w] = o.size();
         if (direct(target, w)) {
           for (; k < end && (sorted_[k].target_width & 0xff) == w; ++k) {
             o.push_back(PartialState{{row, width, start_of(sorted_[k])}, state_of(sorted_[k])});
           }
+          to[w] = o.size();
           continue;
         }
+        size_t source = 0;
+        for (size_t s = w - 1; s > 0; --s) {
+          if (widths[w] % widths[s] == 0) {
+            source = s;
+            break;
+          }
+        }
         std::span<std::byte> rolled;
-        for (size_t f = i; f < fine_end; ++f) {
-          const int64_t start = bucket_start(start_of(sorted_[f]), widths_[target][w]);
+        for (size_t f = from[source]; f < to[source]; ++f) {
+          const int64_t start = bucket_start(o[f].key.bucket_start_ns, widths[w]);
           if (rolled.empty() || o.back().key.bucket_start_ns != start) {
             rolled = std::span<std::byte>(rollup_alloc(bytes), bytes);
             layout.init(rolled);
             o.push_back(PartialState{{row, width, start}, rolled});
           }
-          layout.merge(rolled, state_of(sorted_[f]));
+          layout.merge(rolled, o[f].state);
         }
+        to[w] = o.size();
       }
       i = end;
     }
