@@ -310,8 +310,9 @@ bool is_lmdb(const Status& s, int rc) { return !s.ok() && s.message().ends_with(
 }  // namespace
 
 uint32_t buckets_per_block(size_t state_bytes) {
-  return static_cast<uint32_t>(std::clamp<size_t>(
-      kBlockTargetBytes / std::max<size_t>(state_bytes, 1), 1, kMaxBucketsPerBlock));
+  const size_t room = kBlockTargetBytes - kBlockHeaderBytes;
+  return static_cast<uint32_t>(
+      std::clamp<size_t>(room / std::max<size_t>(state_bytes, 1), 1, kMaxBucketsPerBlock));
 }
 
 void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]) {
@@ -1586,7 +1587,11 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
                               static_cast<const std::byte*>(val.mv_data) + val.mv_size - keep_bytes,
                               keep_bytes);
                   MDB_val nv{merge_buf_.size(), merge_buf_.data()};
-                  rc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
+                  // A resized value is deleted and added again: the key must not point into
+                  // the page, as k does.
+                  encode_block_key(key, kb);
+                  MDB_val own{kBlockKeyBytes, kb};
+                  rc = mdb_cursor_put(c, &own, &nv, MDB_CURRENT);
                 }
                 if (rc != 0) return txn.error(rc, "retention of view '" + v.view + "'");
                 if (old == present && old_slots >= per_block) {

@@ -54,7 +54,7 @@ namespace runnel::storage {
 // A block holds up to B buckets of one (row, width) that lie next to each other in time, so a
 // compaction step writes one LMDB value per touched block (not one per bucket) and a range read
 // walks few keys. B, the version's buckets_per_block, is fixed when the version is created:
-// buckets_per_block(state_bytes) = clamp(kBlockTargetBytes / state_bytes, 1, 64); it is
+// buckets_per_block(state_bytes) = clamp((kBlockTargetBytes - 16) / state_bytes, 1, 64); it is
 // recorded in the version and view records below. Bucket starts are multiples of their width
 // (model/clock.h bucket_start); bucket number q = bucket_start_ns / width_ns lies in block
 // floor(q / B) at slot q - B * floor(q / B).
@@ -139,9 +139,11 @@ inline constexpr size_t kBlockKeyBytes = 17;
 inline constexpr size_t kBlockHeaderBytes = 16;
 inline constexpr size_t kCompactStateBytes = 16;
 inline constexpr uint32_t kMaxBucketsPerBlock = 64;
-// A block of default states (56 bytes) then holds 36 buckets, 2024 bytes at most: small enough
-// to rewrite whole when a step adds to it, big enough that a step writes few keys.
-inline constexpr size_t kBlockTargetBytes = 2048;
+// The most bytes a block of full states takes: LMDB keeps a value of up to about 2013 bytes
+// (17-byte key, 4 KiB pages) inside its leaf page, a larger one takes overflow pages of its own.
+// Blocks of the default view's 56-byte states hold 35 buckets: small enough to rewrite whole
+// when a step adds to one, big enough that a step writes few keys.
+inline constexpr size_t kBlockTargetBytes = 2000;
 inline constexpr size_t kSeriesKeyBytes = 8;
 inline constexpr uint64_t kBucketSignBit = uint64_t{1} << 63;
 
