@@ -60,6 +60,12 @@ void CompactionStats::add(const CompactionStats& o) {
 // Everything is allocated once from the memory budget, in transparent huge pages where the
 // kernel allows (fewer TLB misses on random probes); a step clears it without freeing.
 //
+// Only the widths a target takes directly are aggregated per event: the finest, and any width
+// that is not a multiple of it. The others are rolled up at commit from the step's states of
+// the widest smaller width that divides them (1h from 1m from 1s; AggregateLayout::merge, the
+// monoid every layer relies on), which cuts the updates per event of the default view from
+// three per field to one.
+//
 // Hot path: updates are queued (add), and applied in batches (apply): first every queued key's
 // slot is prefetched, then probed, then every state prefetched, then updated, so the cache
 // misses of a batch overlap instead of following each other. No lock; no allocation unless
@@ -71,11 +77,28 @@ class Compactor::PartialStates {
     pending_.reserve(kBatch * 2);
   }
 
-  void set_targets(std::vector<const AggregateLayout*> layouts) {
+  void set_targets(std::vector<const AggregateLayout*> layouts, const std::vector<ViewDef>& defs) {
     layouts_ = std::move(layouts);
+    widths_.clear();
+    rolled_.clear();
+    rollup_bytes_per_entry_ = 0;
+    for (size_t t = 0; t < defs.size(); ++t) {
+      const std::vector<int64_t>& w = defs[t].widths_ns;
+      widths_.push_back(w);
+      uint32_t rolled = 0;
+      for (size_t i = 1; i < w.size(); ++i) {
+        if (w[i] % w[0] == 0) rolled |= uint32_t{1} << i;
+      }
+      rolled_.push_back(rolled);
+      // Each state of the finest width may start one rolled-up state per rolled width.
+      rollup_bytes_per_entry_ =
+          std::max(rollup_bytes_per_entry_,
+                   static_cast<size_t>(std::popcount(rolled)) * layouts_[t]->state_bytes());
+    }
     size_t min_state = SIZE_MAX;
     for (const AggregateLayout* l : layouts_) min_state = std::min(min_state, l->state_bytes());
     if (layouts_.empty()) min_state = 8;
+    min_state += rollup_bytes_per_entry_;
     // At most half the slots are used; slots take at most a quarter of the budget.
     size_t slots = 1024;
     while (slots * 2 * sizeof(Slot) <= budget_ / 4) slots *= 2;
@@ -95,6 +118,9 @@ class Compactor::PartialStates {
     }
     clear();
   }
+
+  // Whether updates of `width` go through add() (else they are rolled up at commit).
+  bool direct(uint32_t target, size_t width) const { return (rolled_[target] >> width & 1) == 0; }
 
   // Queues one update of (target, row, width, bucket); applied by apply() or when the queue
   // holds a batch.
@@ -121,7 +147,8 @@ class Compactor::PartialStates {
 
   // Bytes held: slots, entries (and their sorted copy), states and staged row names.
   size_t used_bytes() const {
-    return slot_count_ * sizeof(Slot) + entries_.size() * 2 * sizeof(Entry) + arena_used_ +
+    return slot_count_ * sizeof(Slot) +
+           entries_.size() * (2 * sizeof(Entry) + rollup_bytes_per_entry_) + arena_used_ +
            series_bytes_.size() + series_.size() * sizeof(Staged);
   }
   // Time to commit: checked between records, with room for a few more records' states.
@@ -139,8 +166,8 @@ class Compactor::PartialStates {
   }
 
   // Applies what is queued and fills out[target] with the states in key order (valid until
-  // clear()). A counting sort by (target, top 16 bits of the row id) leaves groups small
-  // enough to sort in cache.
+  // clear()), rolled-up widths included. A counting sort by (target, top 16 bits of the row id)
+  // leaves groups small enough to sort in cache.
   void sorted(std::vector<std::vector<PartialState>>* out, std::vector<SeriesName>* series) {
     apply();
     const size_t groups = layouts_.size() << 16;
@@ -158,14 +185,67 @@ class Compactor::PartialStates {
     out->resize(layouts_.size());
     for (size_t t = 0; t < layouts_.size(); ++t) {
       (*out)[t].clear();
-      (*out)[t].reserve(entries_.size());
+      (*out)[t].reserve(entries_.size() * (1 + static_cast<size_t>(std::popcount(rolled_[t]))));
     }
-    for (const Entry& e : sorted_) {
-      const uint32_t target = e.target_width >> 8;
-      (*out)[target].push_back(PartialState{
-          BucketKey{e.row, static_cast<uint8_t>(e.target_width & 0xff),
-                    static_cast<int64_t>(e.bucket_biased ^ kBucketSignBit)},
-          std::span<const std::byte>(arena_.get() + e.state_offset, layouts_[target]->state_bytes())});
+    rollup_used_ = 0;
+    const size_t n = sorted_.size();
+    for (size_t i = 0; i < n;) {
+      // The entries of one (target, row) are [i, end), those of its finest width [i, fine_end).
+      const uint64_t row = sorted_[i].row;
+      const uint32_t target = sorted_[i].target_width >> 8;
+      size_t end = i;
+      while (end < n && sorted_[end].row == row && sorted_[end].target_width >> 8 == target) ++end;
+      size_t fine_end = i;
+      while (fine_end < end && (sorted_[fine_end].target_width & 0xff) == 0) ++fine_end;
+      std::vector<PartialState>& o = (*out)[target];
+      const AggregateLayout& layout = *layouts_[target];
+      const size_t bytes = layout.state_bytes();
+      auto state_of = [&](const Entry& e) {
+        return std::span<std::byte>(arena_.get() + e.state_offset, bytes);
+      };
+      auto start_of = [](const Entry& e) {
+        return static_cast<int64_t>(e.bucket_biased ^ kBucketSignBit);
+      };
+      // from[w], to[w]: the row's states of width w in o. A rolled-up width folds the states of
+      // the widest width below it that divides it (1h from 1m), else the finest's.
+      size_t from[ViewDef::kMaxWidths], to[ViewDef::kMaxWidths];
+      const std::vector<int64_t>& widths = widths_[target];
+      from[0] = o.size();
+      for (size_t k = i; k < fine_end; ++k) {
+        o.push_back(PartialState{{row, 0, start_of(sorted_[k])}, state_of(sorted_[k])});
+      }
+      to[0] = o.size();
+      size_t k = fine_end;
+      for (size_t w = 1; w < widths.size(); ++w) {
+        const auto width = static_cast<uint8_t>(w);
+        from[w] = o.size();
+        if (direct(target, w)) {
+          for (; k < end && (sorted_[k].target_width & 0xff) == w; ++k) {
+            o.push_back(PartialState{{row, width, start_of(sorted_[k])}, state_of(sorted_[k])});
+          }
+          to[w] = o.size();
+          continue;
+        }
+        size_t source = 0;
+        for (size_t s = w - 1; s > 0; --s) {
+          if (widths[w] % widths[s] == 0) {
+            source = s;
+            break;
+          }
+        }
+        std::span<std::byte> rolled;
+        for (size_t f = from[source]; f < to[source]; ++f) {
+          const int64_t start = bucket_start(o[f].key.bucket_start_ns, widths[w]);
+          if (rolled.empty() || o.back().key.bucket_start_ns != start) {
+            rolled = std::span<std::byte>(rollup_alloc(bytes), bytes);
+            layout.init(rolled);
+            o.push_back(PartialState{{row, width, start}, rolled});
+          }
+          layout.merge(rolled, o[f].state);
+        }
+        to[w] = o.size();
+      }
+      i = end;
     }
     series->clear();
     for (const Staged& st : series_) {
@@ -185,6 +265,7 @@ class Compactor::PartialStates {
 
  private:
   static constexpr size_t kBatch = 64;
+  static constexpr size_t kRollupChunk = size_t{4} << 20;
   static constexpr size_t kHugePage = size_t{2} << 20;
 
   struct Slot {
@@ -235,6 +316,19 @@ class Compactor::PartialStates {
     if (p == nullptr) throw std::bad_alloc();
     ::madvise(p, bytes, MADV_HUGEPAGE);
     return Buffer<T>(static_cast<T*>(p));
+  }
+
+  // Room for one rolled-up state, valid until the next sorted(). Chunks are kept across steps.
+  std::byte* rollup_alloc(size_t n) {
+    if (rollup_chunks_.empty() || (rollup_used_ % kRollupChunk) + n > kRollupChunk) {
+      rollup_used_ = (rollup_used_ + kRollupChunk - 1) / kRollupChunk * kRollupChunk;
+      if (rollup_used_ / kRollupChunk >= rollup_chunks_.size()) {
+        rollup_chunks_.push_back(allocate<std::byte>(kRollupChunk));
+      }
+    }
+    std::byte* p = rollup_chunks_[rollup_used_ / kRollupChunk].get() + rollup_used_ % kRollupChunk;
+    rollup_used_ += n;
+    return p;
   }
 
   static uint64_t hash(uint32_t target, uint64_t row, uint8_t width, int64_t bucket) {
@@ -301,6 +395,11 @@ class Compactor::PartialStates {
   size_t max_entries_ = 0;
   size_t limit_entries_ = 0;
   std::vector<const AggregateLayout*> layouts_;
+  std::vector<std::vector<int64_t>> widths_;  // per target
+  std::vector<uint32_t> rolled_;              // per target: bit w set = width w is rolled up
+  size_t rollup_bytes_per_entry_ = 0;
+  std::vector<Buffer<std::byte>> rollup_chunks_;
+  size_t rollup_used_ = 0;  // bytes into the chunks, counting skipped chunk tails
   Buffer<Slot> slots_;
   size_t slot_count_ = 0;
   std::vector<Entry> entries_;  // the step's keys, in insertion order
@@ -625,7 +724,7 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
     return finish();
   }
   ViewRouter router(pass.defs);
-  partial_->set_targets(pass.layouts);
+  partial_->set_targets(pass.layouts, pass.defs);
   auto reader = LogReader::open(options_.log_dir);
   if (!reader.ok()) return reader.status();
 
@@ -772,6 +871,7 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
     step.updates += router.route(view, accept_all, [&](const RowUpdate& u) {
       const ViewDef& def = pass.defs[u.view];
       for (size_t wi = 0; wi < def.widths_ns.size(); ++wi) {
+        if (!partial_->direct(u.view, wi)) continue;
         partial_->add(u.view, u.row_id, static_cast<uint8_t>(wi), bucket_start(ts, def.widths_ns[wi]),
                       u.value, ts, u.distinct_hash, u.has_distinct);
       }

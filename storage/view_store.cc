@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -25,8 +26,8 @@ constexpr std::string_view kViewPrefix = "view/";
 constexpr std::string_view kVersionPrefix = "version/";
 constexpr size_t kStoreRecordBytes = 24;
 constexpr size_t kWatermarkRecordBytes = 48;
-constexpr size_t kViewRecordHeader = 40;
-constexpr size_t kVersionRecordHeader = 48;
+constexpr size_t kViewRecordHeader = 112;
+constexpr size_t kVersionRecordHeader = 56;
 
 // ----- little-endian records -----
 
@@ -105,6 +106,11 @@ std::string encode_view(const ViewMeta& v, const VersionMeta* current) {
   put(&s, current ? current->state_bytes : uint32_t{0});
   const std::string_view text = current ? std::string_view(current->canonical) : "";
   put(&s, static_cast<uint32_t>(text.size()));
+  put(&s, current ? current->buckets_per_block : uint32_t{0});
+  const size_t widths = current ? current->def.widths_ns.size() : 0;
+  put(&s, static_cast<uint32_t>(widths));
+  for (size_t w = 0; w < ViewDef::kMaxWidths; ++w)
+    put(&s, w < widths ? current->def.widths_ns[w] : int64_t{0});
   s += text;
   return s;
 }
@@ -112,12 +118,23 @@ std::string encode_view(const ViewMeta& v, const VersionMeta* current) {
 bool decode_view(std::span<const std::byte> b, ViewInfo* v) {
   if (b.size() < kViewRecordHeader) return false;
   const uint32_t len = get<uint32_t>(b, 36);
-  if (b.size() != kViewRecordHeader + len) return false;
+  const uint32_t widths = get<uint32_t>(b, 44);
+  if (b.size() != kViewRecordHeader + len || widths > ViewDef::kMaxWidths) return false;
   v->current_version = get<uint64_t>(b, 0);
   v->building_version = get<uint64_t>(b, 8);
   v->definition_hash = get<uint64_t>(b, 16);
   v->state_format_id = get<uint64_t>(b, 24);
   v->state_bytes = get<uint32_t>(b, 32);
+  v->buckets_per_block = get<uint32_t>(b, 40);
+  v->widths_ns.clear();
+  for (uint32_t w = 0; w < widths; ++w) {
+    v->widths_ns.push_back(get<int64_t>(b, 48 + 8 * w));
+    if (v->widths_ns.back() <= 0) return false;
+  }
+  if (v->current_version != 0 &&
+      (v->buckets_per_block == 0 || v->buckets_per_block > kMaxBucketsPerBlock || widths == 0)) {
+    return false;
+  }
   v->definition.assign(reinterpret_cast<const char*>(b.data()) + kViewRecordHeader, len);
   return true;
 }
@@ -131,7 +148,8 @@ std::string encode_version(const VersionMeta& v) {
   put(&s, static_cast<uint32_t>(v.state));
   put(&s, v.created_ns);
   put(&s, static_cast<uint32_t>(v.canonical.size()));
-  put(&s, uint32_t{0});
+  put(&s, v.buckets_per_block);
+  put(&s, v.bucket_count);
   s += v.canonical;
   return s;
 }
@@ -140,15 +158,113 @@ bool decode_version(std::span<const std::byte> b, VersionMeta* v) {
   if (b.size() < kVersionRecordHeader) return false;
   const uint32_t len = get<uint32_t>(b, 40);
   const uint32_t state = get<uint32_t>(b, 28);
-  if (b.size() != kVersionRecordHeader + len || state < 1 || state > 3) return false;
+  const uint32_t per_block = get<uint32_t>(b, 44);
+  if (b.size() != kVersionRecordHeader + len || state < 1 || state > 3 || per_block == 0 ||
+      per_block > kMaxBucketsPerBlock) {
+    return false;
+  }
   v->covered_offset = get<uint64_t>(b, 0);
   v->definition_hash = get<uint64_t>(b, 8);
   v->state_format_id = get<uint64_t>(b, 16);
   v->state_bytes = get<uint32_t>(b, 24);
   v->state = static_cast<VersionState>(state);
   v->created_ns = get<int64_t>(b, 32);
+  v->buckets_per_block = per_block;
+  v->bucket_count = get<uint64_t>(b, 48);
   v->canonical.assign(reinterpret_cast<const char*>(b.data()) + kVersionRecordHeader, len);
   return true;
+}
+
+// ----- blocks (layout in view_store.h) -----
+
+// Bucket numbers times widths, block numbers times buckets_per_block: exact, never overflowing.
+__extension__ typedef __int128 Wide;
+
+int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return q - ((a % b) < 0 ? 1 : 0);
+}
+
+// The first bucket number whose start (number * width_ns) is at or after t_ns.
+Wide first_bucket_at_or_after(int64_t t_ns, int64_t width_ns) {
+  const int64_t q = floor_div(t_ns, width_ns);
+  return static_cast<Wide>(q) * width_ns < t_ns ? Wide{q} + 1 : Wide{q};
+}
+
+Wide floor_div(Wide a, int64_t b) {
+  const Wide q = a / b;
+  return q - ((a % b) < 0 ? 1 : 0);
+}
+
+uint64_t slots_below(uint32_t slot) {
+  return slot >= 64 ? ~uint64_t{0} : (uint64_t{1} << slot) - 1;
+}
+
+// A block value, decoded (layout in view_store.h).
+struct Block {
+  uint64_t present = 0;
+  uint64_t compact = 0;               // present slots stored as kCompactStateBytes
+  const std::byte* states = nullptr;  // just past the header
+
+  // Whether `value` is a well-formed block of `per_block` slots of `state_bytes` states.
+  bool parse(const MDB_val& value, uint32_t per_block, size_t state_bytes) {
+    if (value.mv_size < kBlockHeaderBytes) return false;
+    const auto* p = static_cast<const std::byte*>(value.mv_data);
+    std::memcpy(&present, p, 8);
+    std::memcpy(&compact, p + 8, 8);
+    states = p + kBlockHeaderBytes;
+    return present != 0 && (present & ~slots_below(per_block)) == 0 && (compact & ~present) == 0 &&
+           value.mv_size == kBlockHeaderBytes + bytes_of(present, compact, state_bytes);
+  }
+  // Offset from `states` of the state of `slot`: after the states of the present slots below.
+  size_t offset_of(uint32_t slot, size_t state_bytes) const {
+    return bytes_of(present & slots_below(slot), compact, state_bytes);
+  }
+  bool is_compact(uint32_t slot) const { return (compact >> slot & 1) != 0; }
+  // Bytes of the states of `slots`, `compact` of them compact.
+  static size_t bytes_of(uint64_t slots, uint64_t compact, size_t state_bytes) {
+    return static_cast<size_t>(std::popcount(slots & ~compact)) * state_bytes +
+           static_cast<size_t>(std::popcount(slots & compact)) * kCompactStateBytes;
+  }
+};
+
+// The compact form (i64 ts_ns, f64 value) of `state` when it is exactly what one update of an
+// empty state gives (scratch: state_bytes of room); false otherwise, e.g. with a distinct count.
+bool compact_form(const AggregateLayout& layout, std::span<const std::byte> state,
+                  std::span<std::byte> scratch, std::byte (&out)[kCompactStateBytes]) {
+  if (state.size() <= kCompactStateBytes || layout.count(state) != 1) return false;
+  int64_t ts = 0;
+  double value = 0;
+  size_t at = layout.offset(AggComponent::kLast);
+  if (at == AggregateLayout::kAbsent) at = layout.offset(AggComponent::kFirst);
+  if (at != AggregateLayout::kAbsent) {
+    std::memcpy(&ts, state.data() + at, 8);
+    std::memcpy(&value, state.data() + at + 8, 8);
+  } else {
+    at = layout.offset(AggComponent::kSum);
+    for (AggComponent c : {AggComponent::kMin, AggComponent::kMax, AggComponent::kMoments}) {
+      if (at == AggregateLayout::kAbsent) at = layout.offset(c);
+    }
+    if (at == AggregateLayout::kAbsent) return false;
+    std::memcpy(&value, state.data() + at, 8);
+  }
+  layout.init(scratch);
+  layout.update(scratch, value, ts, 0, false);
+  if (std::memcmp(scratch.data(), state.data(), state.size()) != 0) return false;
+  std::memcpy(out, &ts, 8);
+  std::memcpy(out + 8, &value, 8);
+  return true;
+}
+
+// The full state of a compact one.
+void expand_compact(const AggregateLayout& layout, const std::byte* compact,
+                    std::span<std::byte> out) {
+  int64_t ts;
+  double value;
+  std::memcpy(&ts, compact, 8);
+  std::memcpy(&value, compact + 8, 8);
+  layout.init(out);
+  layout.update(out, value, ts, 0, false);
 }
 
 std::string_view as_chars(const MDB_val& v) {
@@ -178,9 +294,12 @@ Status check_store_record(const lmdb::Txn& txn, MDB_dbi meta, const std::filesys
     return Status::Corruption(dir.string() + ": meta 'store' record is not a runnel view store");
   }
   if (get<uint32_t>(b, 8) != kViewStoreLayoutVersion) {
-    return Status::Unsupported(dir.string() + ": view store layout version " +
-                               std::to_string(get<uint32_t>(b, 8)) + ", this build reads " +
-                               std::to_string(kViewStoreLayoutVersion));
+    return Status::Unsupported(
+        dir.string() + ": batch views in layout version " + std::to_string(get<uint32_t>(b, 8)) +
+        ", this build reads only version " + std::to_string(kViewStoreLayoutVersion) +
+        ". Stop runneld and remove " + dir.string() +
+        " (or run the runnel that wrote it); runneld then rebuilds the views from the retained log "
+        "(buckets older than the oldest retained log segment are not rebuilt)");
   }
   if (next_version) *next_version = get<uint64_t>(b, 16);
   return Status::Ok();
@@ -190,17 +309,23 @@ bool is_lmdb(const Status& s, int rc) { return !s.ok() && s.message().ends_with(
 
 }  // namespace
 
-void encode_bucket_key(const BucketKey& key, std::byte (&out)[kBucketKeyBytes]) {
-  put_be64(out, key.row_id);
-  out[8] = static_cast<std::byte>(key.width_index);
-  put_be64(out + 9, static_cast<uint64_t>(key.bucket_start_ns) ^ kBucketSignBit);
+uint32_t buckets_per_block(size_t state_bytes) {
+  const size_t room = kBlockTargetBytes - kBlockHeaderBytes;
+  return static_cast<uint32_t>(
+      std::clamp<size_t>(room / std::max<size_t>(state_bytes, 1), 1, kMaxBucketsPerBlock));
 }
 
-BucketKey decode_bucket_key(std::span<const std::byte> bytes) {
-  BucketKey k;
+void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]) {
+  put_be64(out, key.row_id);
+  out[8] = static_cast<std::byte>(key.width_index);
+  put_be64(out + 9, static_cast<uint64_t>(key.block) ^ kBucketSignBit);
+}
+
+BlockKey decode_block_key(std::span<const std::byte> bytes) {
+  BlockKey k;
   k.row_id = get_be64(bytes.data());
   k.width_index = static_cast<uint8_t>(bytes[8]);
-  k.bucket_start_ns = static_cast<int64_t>(get_be64(bytes.data() + 9) ^ kBucketSignBit);
+  k.block = static_cast<int64_t>(get_be64(bytes.data() + 9) ^ kBucketSignBit);
   return k;
 }
 
@@ -254,6 +379,10 @@ struct Shared {
   std::unordered_map<std::string, Handle> dbis;  // data databases (guarded by mu)
   size_t live_snapshots = 0;                     // guarded by mu
   std::vector<std::string> latest_names;         // reader: names of the newest snapshot
+  // Layouts of the definitions whose compact states snapshots expanded (guarded by mu).
+  std::map<std::string, std::unique_ptr<const AggregateLayout>, std::less<>> layouts;
+
+  Result<const AggregateLayout*> layout_for(const ViewInfo& view);
 
   Result<lmdb::Txn> begin_read_locked();
   Result<ViewSnapshot> snapshot(const std::shared_ptr<Shared>& self);
@@ -261,6 +390,30 @@ struct Shared {
   // Reader: opens `names` in a short read transaction whose commit keeps the handles.
   Status open_handles_locked(const std::vector<std::string>& names);
 };
+
+Result<const AggregateLayout*> Shared::layout_for(const ViewInfo& view) {
+  std::lock_guard lock(mu);
+  auto it = layouts.find(view.definition);
+  if (it == layouts.end()) {
+    auto def = parse_view(view.definition);
+    if (!def.ok()) {
+      return Status::Unsupported(
+          env.path().string() + ": view '" + view.name +
+          "': this build cannot read its definition: " + def.status().message());
+    }
+    auto layout = AggregateLayout::for_view(*def);
+    if (!layout.ok()) return layout.status();
+    if (layout->state_bytes() != view.state_bytes ||
+        layout->state_format_id() != view.state_format_id) {
+      return Status::Unsupported(env.path().string() + ": view '" + view.name +
+                                 "': its states are laid out differently from this build's");
+    }
+    it = layouts
+             .emplace(view.definition, std::make_unique<const AggregateLayout>(std::move(*layout)))
+             .first;
+  }
+  return it->second.get();
+}
 
 Result<lmdb::Txn> Shared::begin_read_locked() {
   for (int attempt = 0;; ++attempt) {
@@ -395,7 +548,8 @@ ViewSnapshot::ViewSnapshot(ViewSnapshot&& other) noexcept
       watermark_(other.watermark_),
       views_(std::move(other.views_)),
       dbi_names_(std::move(other.dbi_names_)),
-      dbis_(std::move(other.dbis_)) {}
+      dbis_(std::move(other.dbis_)),
+      expanded_(std::move(other.expanded_)) {}
 
 ViewSnapshot& ViewSnapshot::operator=(ViewSnapshot&& other) noexcept {
   if (this != &other) {
@@ -406,6 +560,7 @@ ViewSnapshot& ViewSnapshot::operator=(ViewSnapshot&& other) noexcept {
     views_ = std::move(other.views_);
     dbi_names_ = std::move(other.dbi_names_);
     dbis_ = std::move(other.dbis_);
+    expanded_ = std::move(other.expanded_);
   }
   return *this;
 }
@@ -435,45 +590,91 @@ Result<size_t> ViewSnapshot::index_of(const ViewInfo& view) const {
 
 Result<std::optional<std::span<const std::byte>>> ViewSnapshot::get(const ViewInfo& view,
                                                                     const BucketKey& key) const {
+  using Found = std::optional<std::span<const std::byte>>;
   auto i = index_of(view);
   if (!i.ok()) return i.status();
-  if (view.current_version == 0) return std::optional<std::span<const std::byte>>();
-  std::byte k[kBucketKeyBytes];
-  encode_bucket_key(key, k);
+  if (view.current_version == 0 || key.width_index >= view.widths_ns.size()) return Found();
+  const int64_t width = view.widths_ns[key.width_index];
+  if (key.bucket_start_ns % width != 0) return Found();  // not a bucket start of this width
+  const int64_t q = key.bucket_start_ns / width;
+  const uint32_t per_block = view.buckets_per_block;
+  const int64_t block = floor_div(q, per_block);
+  const auto slot = static_cast<uint32_t>(q - block * per_block);
+  std::byte k[kBlockKeyBytes];
+  encode_block_key({key.row_id, key.width_index, block}, k);
   auto v = txn_.get(dbis_[*i], lmdb::val(std::span<const std::byte>(k)));
-  if (v.status().code() == Status::Code::kNotFound) return std::optional<std::span<const std::byte>>();
+  if (v.status().code() == Status::Code::kNotFound) return Found();
   if (!v.ok()) return v.status();
-  if (v->size() != view.state_bytes) {
-    return Status::Corruption(shared_->env.path().string() + ": view '" + view.name + "' row " +
-                              std::to_string(key.row_id) + ": state of " + std::to_string(v->size()) +
-                              " bytes, expected " + std::to_string(view.state_bytes));
-  }
-  return std::optional<std::span<const std::byte>>(*v);
+  Block b;
+  if (!b.parse(lmdb::val(*v), per_block, view.state_bytes))
+    return block_error(view, key.row_id, *v);
+  if ((b.present >> slot & 1) == 0) return Found();
+  const std::byte* state = b.states + b.offset_of(slot, view.state_bytes);
+  if (!b.is_compact(slot)) return Found(std::span<const std::byte>(state, view.state_bytes));
+  auto layout = shared_->layout_for(view);
+  if (!layout.ok()) return layout.status();
+  std::vector<std::byte>& full = expanded_.emplace_back(view.state_bytes);
+  expand_compact(**layout, state, full);
+  return Found(std::span<const std::byte>(full));
+}
+
+Status ViewSnapshot::block_error(const ViewInfo& view, uint64_t row_id,
+                                 std::span<const std::byte> value) const {
+  return Status::Corruption(shared_->env.path().string() + ": view '" + view.name + "' row " +
+                            std::to_string(row_id) + ": a block of " +
+                            std::to_string(value.size()) + " bytes is not a bucket set of " +
+                            std::to_string(view.buckets_per_block) + " slots of " +
+                            std::to_string(view.state_bytes) + "-byte states");
 }
 
 Status ViewSnapshot::scan(const ViewInfo& view, uint64_t row_id, uint8_t width_index,
                           int64_t from_ns, int64_t to_ns, const BucketFn& fn) const {
   auto i = index_of(view);
   if (!i.ok()) return i.status();
-  if (view.current_version == 0 || from_ns >= to_ns) return Status::Ok();
+  if (view.current_version == 0 || from_ns >= to_ns || width_index >= view.widths_ns.size()) {
+    return Status::Ok();
+  }
+  const int64_t width = view.widths_ns[width_index];
+  const uint32_t per_block = view.buckets_per_block;
+  const size_t n = view.state_bytes;
+  const Wide first = first_bucket_at_or_after(from_ns, width);  // bucket numbers [first, end)
+  const Wide end = first_bucket_at_or_after(to_ns, width);
+  const AggregateLayout* layout = nullptr;  // to expand compact states, once one shows up
+  std::vector<std::byte> expanded;
   auto cursor = lmdb::Cursor::open(txn_, dbis_[*i]);
   if (!cursor.ok()) return cursor.status();
-  std::byte start[kBucketKeyBytes];
-  encode_bucket_key({row_id, width_index, from_ns}, start);
+  std::byte start[kBlockKeyBytes];
+  encode_block_key({row_id, width_index, static_cast<int64_t>(floor_div(first, per_block))}, start);
   MDB_val k = lmdb::val(std::span<const std::byte>(start)), v{};
   for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);; found = cursor->seek(&k, &v, MDB_NEXT)) {
     if (!found.ok()) return found.status();
-    if (!*found || k.mv_size != kBucketKeyBytes) return Status::Ok();
-    const BucketKey key = decode_bucket_key(lmdb::bytes(k));
-    if (key.row_id != row_id || key.width_index != width_index || key.bucket_start_ns >= to_ns) {
-      return Status::Ok();
+    if (!*found || k.mv_size != kBlockKeyBytes) return Status::Ok();
+    const BlockKey key = decode_block_key(lmdb::bytes(k));
+    const Wide base = Wide{key.block} * per_block;
+    if (key.row_id != row_id || key.width_index != width_index || base >= end) return Status::Ok();
+    Block b;
+    if (!b.parse(v, per_block, n)) return block_error(view, row_id, lmdb::bytes(v));
+    const std::byte* state = b.states;
+    for (uint64_t present = b.present; present != 0; present &= present - 1) {
+      const auto slot = static_cast<uint32_t>(std::countr_zero(present));
+      const std::byte* at = state;
+      state += b.is_compact(slot) ? kCompactStateBytes : n;
+      const Wide q = base + slot;
+      if (q < first) continue;
+      if (q >= end) return Status::Ok();
+      std::span<const std::byte> full(at, n);
+      if (b.is_compact(slot)) {
+        if (layout == nullptr) {
+          auto known = shared_->layout_for(view);
+          if (!known.ok()) return known.status();
+          layout = *known;
+          expanded.resize(n);
+        }
+        expand_compact(*layout, at, expanded);
+        full = expanded;
+      }
+      if (!fn(static_cast<int64_t>(q * width), full)) return Status::Ok();
     }
-    if (v.mv_size != view.state_bytes) {
-      return Status::Corruption(shared_->env.path().string() + ": view '" + view.name + "' row " +
-                                std::to_string(row_id) + ": state of " + std::to_string(v.mv_size) +
-                                " bytes, expected " + std::to_string(view.state_bytes));
-    }
-    if (!fn(key.bucket_start_ns, lmdb::bytes(v))) return Status::Ok();
   }
 }
 
@@ -483,15 +684,15 @@ Status ViewSnapshot::for_each_row(const ViewInfo& view, const std::function<bool
   if (view.current_version == 0) return Status::Ok();
   auto cursor = lmdb::Cursor::open(txn_, dbis_[*i]);
   if (!cursor.ok()) return cursor.status();
-  std::byte start[kBucketKeyBytes];
-  encode_bucket_key({0, 0, std::numeric_limits<int64_t>::min()}, start);
+  std::byte start[kBlockKeyBytes];
+  encode_block_key({0, 0, std::numeric_limits<int64_t>::min()}, start);
   MDB_val k = lmdb::val(std::span<const std::byte>(start)), v{};
   for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);;) {
     if (!found.ok()) return found.status();
-    if (!*found || k.mv_size != kBucketKeyBytes) return Status::Ok();
-    const uint64_t row = decode_bucket_key(lmdb::bytes(k)).row_id;
+    if (!*found || k.mv_size != kBlockKeyBytes) return Status::Ok();
+    const uint64_t row = decode_block_key(lmdb::bytes(k)).row_id;
     if (!fn(row) || row == std::numeric_limits<uint64_t>::max()) return Status::Ok();
-    encode_bucket_key({row + 1, 0, std::numeric_limits<int64_t>::min()}, start);
+    encode_block_key({row + 1, 0, std::numeric_limits<int64_t>::min()}, start);
     k = lmdb::val(std::span<const std::byte>(start));
     found = cursor->seek(&k, &v, MDB_SET_RANGE);
   }
@@ -523,11 +724,15 @@ Result<uint64_t> ViewSnapshot::bucket_count(const ViewInfo& view) const {
   auto i = index_of(view);
   if (!i.ok()) return i.status();
   if (view.current_version == 0) return uint64_t{0};
-  MDB_stat st;
-  if (int rc = mdb_stat(txn_.get(), dbis_[*i], &st); rc != 0) {
-    return shared_->env.error(rc, "mdb_stat " + dbi_names_[*i]);
+  const std::string key = version_key(view.name, view.current_version);
+  auto rec = txn_.get(shared_->meta, lmdb::val(key));
+  if (!rec.ok()) return rec.status();
+  VersionMeta v;
+  if (!decode_version(*rec, &v)) {
+    return Status::Corruption(shared_->env.path().string() + ": meta record '" + key +
+                              "' is malformed");
   }
-  return uint64_t{st.ms_entries};
+  return v.bucket_count;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -804,6 +1009,9 @@ Status ViewStore::commit_step(const StepWrite& step, CommitError* why) {
   for (const StepTarget& t : step.targets) states += t.states.size();
   counters_.steps.fetch_add(1, std::memory_order_relaxed);
   counters_.states_written.fetch_add(states, std::memory_order_relaxed);
+  for (const auto& [version, delta] : step_bucket_delta_) {
+    state_.versions.at(version).bucket_count += static_cast<uint64_t>(delta);
+  }
   if (step.rebuild_version != 0) {
     state_.versions.at(step.rebuild_version).covered_offset = step.to.end_offset;
   } else {
@@ -824,13 +1032,19 @@ Status ViewStore::commit_step(const StepWrite& step, CommitError* why) {
 
 namespace {
 
-// Rewrites the covered_offset of version record `key` in txn.
-Status set_covered(lmdb::Txn& txn, MDB_dbi meta, const std::string& key, uint64_t covered) {
+// Rewrites version record `key` in txn: its covered_offset (unless nullopt) and its bucket
+// count, by `bucket_delta`.
+Status update_version(lmdb::Txn& txn, MDB_dbi meta, const std::string& key,
+                      std::optional<uint64_t> covered, int64_t bucket_delta) {
   auto rec = txn.get(meta, lmdb::val(key));
   if (!rec.ok()) return rec.status();
   std::string b(reinterpret_cast<const char*>(rec->data()), rec->size());
   if (b.size() < kVersionRecordHeader) return Status::Corruption("meta record '" + key + "' is malformed");
-  std::memcpy(b.data(), &covered, sizeof covered);
+  if (covered) std::memcpy(b.data(), &*covered, sizeof *covered);
+  uint64_t count;
+  std::memcpy(&count, b.data() + 48, sizeof count);
+  count += static_cast<uint64_t>(bucket_delta);
+  std::memcpy(b.data() + 48, &count, sizeof count);
   return txn.put(meta, lmdb::val(key), lmdb::val(b));
 }
 
@@ -868,6 +1082,7 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
                            std::to_string(stored_from));
   }
 
+  step_bucket_delta_.clear();
   for (const StepTarget& target : step.targets) {
     const VersionMeta* v = state_.find_version(target.version);
     const VersionState wanted = step.rebuild_version ? VersionState::kBuilding : VersionState::kCurrent;
@@ -880,63 +1095,11 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
       return Status::Invalid(dir + ": view '" + v->view + "' version " + std::to_string(v->version) +
                              ": stored definition or state format is not this build's; rebuild the view");
     }
-    const AggregateLayout& layout = *v->layout;
-    const size_t n = layout.state_bytes();
-    merge_buf_.resize(n);
     auto dbi = data_dbi(v->view, v->version);
     if (!dbi.ok()) return dbi.status();
-    auto cursor = lmdb::Cursor::open(txn, *dbi);
-    if (!cursor.ok()) return cursor.status();
-    MDB_cursor* c = cursor->get();
-    bool past_end = false;  // every later key is beyond the database's last key: append
-    const BucketKey* prev = nullptr;
-    uint64_t merged = 0;
-    // States come in key order, scattered in the caller's memory: fetch ahead of the puts.
-    constexpr size_t kPrefetch = 16;
-    for (size_t i = 0; i < std::min(kPrefetch, target.states.size()); ++i) {
-      __builtin_prefetch(target.states[i].state.data());
-    }
-    for (size_t i = 0; i < target.states.size(); ++i) {
-      const PartialState& ps = target.states[i];
-      if (i + kPrefetch < target.states.size()) __builtin_prefetch(target.states[i + kPrefetch].state.data());
-      if (ps.state.size() != n || (prev != nullptr && !(*prev < ps.key))) {
-        return Status::Invalid(dir + ": view '" + v->view + "': step states must be " + std::to_string(n) +
-                               " bytes, sorted by key and unique");
-      }
-      prev = &ps.key;
-      std::byte kb[kBucketKeyBytes];
-      encode_bucket_key(ps.key, kb);
-      MDB_val k{kBucketKeyBytes, kb};
-      if (!past_end) {
-        MDB_val fk = k, fv{};
-        const int rc = mdb_cursor_get(c, &fk, &fv, MDB_SET_RANGE);
-        if (rc == MDB_NOTFOUND) {
-          past_end = true;
-        } else if (rc != 0) {
-          return txn.error(rc, "mdb_cursor_get(" + v->view + ")");
-        } else if (fk.mv_size == kBucketKeyBytes && std::memcmp(fk.mv_data, kb, kBucketKeyBytes) == 0) {
-          const std::span<const std::byte> old = lmdb::bytes(fv);
-          Status valid = old.size() == n ? layout.validate(old)
-                                         : Status::Corruption("state of " + std::to_string(old.size()) + " bytes");
-          if (!valid.ok()) {
-            return Status::Corruption(dir + ": view '" + v->view + "' version " + std::to_string(v->version) +
-                                      " row " + std::to_string(ps.key.row_id) + " bucket " +
-                                      std::to_string(ps.key.bucket_start_ns) + ": " + valid.message());
-          }
-          std::memcpy(merge_buf_.data(), old.data(), n);
-          layout.merge(merge_buf_, ps.state);
-          MDB_val nv{n, merge_buf_.data()};
-          const int prc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
-          if (prc != 0) return txn.error(prc, "mdb_cursor_put(" + v->view + ", merge)");
-          ++merged;
-          continue;
-        }
-      }
-      MDB_val nv{n, const_cast<std::byte*>(ps.state.data())};
-      const int prc = mdb_cursor_put(c, &k, &nv, past_end ? MDB_APPEND : 0);
-      if (prc != 0) return txn.error(prc, "mdb_cursor_put(" + v->view + ")");
-    }
-    counters_.states_merged.fetch_add(merged, std::memory_order_relaxed);
+    auto added = merge_blocks(txn, *dbi, *v, target.states);
+    if (!added.ok()) return added.status();
+    step_bucket_delta_.emplace_back(v->version, static_cast<int64_t>(*added));
   }
 
   if (!step.series.empty()) {
@@ -956,8 +1119,14 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
     }
   }
 
+  auto delta_of = [&](uint64_t version) {
+    int64_t delta = 0;
+    for (const auto& [v, d] : step_bucket_delta_) delta += v == version ? d : 0;
+    return delta;
+  };
   if (step.rebuild_version != 0) {
-    return set_covered(txn, meta, version_key(rebuilt->view, rebuilt->version), step.to.end_offset);
+    return update_version(txn, meta, version_key(rebuilt->view, rebuilt->version),
+                          step.to.end_offset, delta_of(rebuilt->version));
   }
   Watermark w = state_.watermark;
   w.log_offset = step.to.end_offset;
@@ -972,10 +1141,159 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
   for (const auto& [_, v] : state_.versions) {
     if (!s.ok()) break;
     if (v.state == VersionState::kCurrent) {
-      s = set_covered(txn, meta, version_key(v.view, v.version), w.log_offset);
+      s = update_version(txn, meta, version_key(v.view, v.version), w.log_offset,
+                         delta_of(v.version));
     }
   }
   return s;
+}
+
+// Merges one version's sorted partial states into its blocks: per touched block one lookup and
+// one put. A new block is written in place (MDB_RESERVE), appended when every later key is past
+// the database's end; an existing one is rebuilt in merge_buf_ with the step's states merged.
+// Returns the buckets added (not merged).
+Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const VersionMeta& v,
+                                         std::span<const PartialState> states) {
+  const std::string& dir = options_.dir.string();
+  const AggregateLayout& layout = *v.layout;
+  const size_t n = layout.state_bytes();
+  const uint32_t per_block = v.buckets_per_block;
+  const std::vector<int64_t>& widths = v.def.widths_ns;
+  auto cursor = lmdb::Cursor::open(txn, dbi);
+  if (!cursor.ok()) return cursor.status();
+  MDB_cursor* c = cursor->get();
+  auto invalid = [&](const BucketKey& key, const std::string& why) {
+    return Status::Invalid(dir + ": view '" + v.view + "' version " + std::to_string(v.version) +
+                           " row " + std::to_string(key.row_id) + " width " +
+                           std::to_string(key.width_index) + " bucket " +
+                           std::to_string(key.bucket_start_ns) + ": " + why);
+  };
+  merge_states_.resize(kMaxBucketsPerBlock * n);
+  compact_scratch_.resize(n);
+  bool past_end = false;  // every later key is beyond the database's last key: append
+  uint64_t added = 0, merged = 0;
+  constexpr size_t kPrefetch = 16;
+  const std::byte* incoming[kMaxBucketsPerBlock];
+  const BucketKey* prev = nullptr;
+  for (size_t i = 0; i < states.size();) {
+    // The states of one block: [i, j).
+    BlockKey block;
+    uint64_t fresh = 0;  // slots the step brings
+    size_t j = i;
+    for (; j < states.size(); ++j) {
+      // States come in key order, scattered in the caller's memory: fetch ahead of the copies.
+      if (j + kPrefetch < states.size()) {
+        const std::byte* ahead = states[j + kPrefetch].state.data();
+        __builtin_prefetch(ahead);
+        __builtin_prefetch(ahead + n - 1);
+      }
+      const PartialState& ps = states[j];
+      if (ps.state.size() != n)
+        return invalid(ps.key, "a step state of " + std::to_string(ps.state.size()) +
+                                   " bytes, expected " + std::to_string(n));
+      if (prev != nullptr && !(*prev < ps.key))
+        return invalid(ps.key, "step states must be sorted by key and unique");
+      if (ps.key.width_index >= widths.size()) return invalid(ps.key, "no such width");
+      const int64_t width = widths[ps.key.width_index];
+      if (ps.key.bucket_start_ns % width != 0)
+        return invalid(ps.key, "not a multiple of the width");
+      const int64_t q = ps.key.bucket_start_ns / width;
+      const int64_t b = floor_div(q, per_block);
+      if (j > i && (ps.key.row_id != block.row_id || ps.key.width_index != block.width_index ||
+                    b != block.block))
+        break;
+      if (j == i) block = BlockKey{ps.key.row_id, ps.key.width_index, b};
+      const auto slot = static_cast<uint32_t>(q - b * per_block);
+      fresh |= uint64_t{1} << slot;
+      incoming[slot] = ps.state.data();
+      prev = &ps.key;
+    }
+    std::byte kb[kBlockKeyBytes];
+    encode_block_key(block, kb);
+    MDB_val k{kBlockKeyBytes, kb};
+    Block old;  // present == 0: none stored
+    if (!past_end) {
+      MDB_val fk = k, fv{};
+      const int rc = mdb_cursor_get(c, &fk, &fv, MDB_SET_RANGE);
+      if (rc == MDB_NOTFOUND) {
+        past_end = true;
+      } else if (rc != 0) {
+        return txn.error(rc, "mdb_cursor_get(" + v.view + ")");
+      } else if (fk.mv_size == kBlockKeyBytes && std::memcmp(fk.mv_data, kb, kBlockKeyBytes) == 0 &&
+                 !old.parse(fv, per_block, n)) {
+        return Status::Corruption(dir + ": view '" + v.view + "' version " +
+                                  std::to_string(v.version) + " row " +
+                                  std::to_string(block.row_id) + ": a stored block of " +
+                                  std::to_string(fv.mv_size) + " bytes is malformed");
+      }
+    }
+    // Each present slot's final state (merged ones in merge_states_), and which are compact.
+    const uint64_t present = old.present | fresh;
+    uint64_t compact = 0;
+    const std::byte* final_state[kMaxBucketsPerBlock];
+    const std::byte* was = old.states;  // walks the stored states in slot order
+    for (uint64_t bits = present; bits != 0; bits &= bits - 1) {
+      const auto slot = static_cast<uint32_t>(std::countr_zero(bits));
+      const uint64_t bit = uint64_t{1} << slot;
+      const std::byte* stored = was;
+      if (old.present & bit) was += old.is_compact(slot) ? kCompactStateBytes : n;
+      if ((fresh & bit) == 0) {  // kept as stored
+        final_state[slot] = stored;
+        compact |= old.compact & bit;
+        continue;
+      }
+      const std::byte* state = incoming[slot];
+      if (old.present & bit) {
+        const std::span<std::byte> into(merge_states_.data() + slot * n, n);
+        if (old.is_compact(slot)) {
+          expand_compact(layout, stored, into);
+        } else if (Status valid = layout.validate({stored, n}); !valid.ok()) {
+          return Status::Corruption(
+              dir + ": view '" + v.view + "' version " + std::to_string(v.version) + " row " +
+              std::to_string(block.row_id) + " block " + std::to_string(block.block) + " slot " +
+              std::to_string(slot) + ": " + valid.message());
+        } else {
+          std::memcpy(into.data(), stored, n);
+        }
+        layout.merge(into, {incoming[slot], n});
+        state = into.data();
+        ++merged;
+      }
+      if (compact_form(layout, {state, n}, compact_scratch_, compact_states_[slot])) {
+        compact |= bit;
+        state = compact_states_[slot];
+      }
+      final_state[slot] = state;
+    }
+    MDB_val nv{kBlockHeaderBytes + Block::bytes_of(present, compact, n), nullptr};
+    std::byte* out = nullptr;
+    if (old.present == 0) {
+      const int rc = mdb_cursor_put(c, &k, &nv, MDB_RESERVE | (past_end ? MDB_APPEND : 0));
+      if (rc != 0) return txn.error(rc, "mdb_cursor_put(" + v.view + ")");
+      out = static_cast<std::byte*>(nv.mv_data);
+    } else {
+      merge_buf_.resize(nv.mv_size);  // the stored block stays valid until the put below
+      out = merge_buf_.data();
+    }
+    std::memcpy(out, &present, 8);
+    std::memcpy(out + 8, &compact, 8);
+    std::byte* dst = out + kBlockHeaderBytes;
+    for (uint64_t bits = present; bits != 0; bits &= bits - 1) {
+      const auto slot = static_cast<uint32_t>(std::countr_zero(bits));
+      const size_t bytes = (compact >> slot & 1) ? kCompactStateBytes : n;
+      std::memcpy(dst, final_state[slot], bytes);
+      dst += bytes;
+    }
+    if (old.present != 0) {
+      nv.mv_data = out;
+      const int rc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
+      if (rc != 0) return txn.error(rc, "mdb_cursor_put(" + v.view + ", merge)");
+    }
+    added += static_cast<uint64_t>(std::popcount(present) - std::popcount(old.present));
+    i = j;
+  }
+  counters_.states_merged.fetch_add(merged, std::memory_order_relaxed);
+  return added;
 }
 
 Result<uint64_t> ViewStore::begin_version(const ViewDef& def, uint64_t start_offset) {
@@ -1016,6 +1334,7 @@ Result<uint64_t> ViewStore::begin_version(const ViewDef& def, uint64_t start_off
         v.definition_hash = def.definition_hash();
         v.state_format_id = layout->state_format_id();
         v.state_bytes = static_cast<uint32_t>(layout->state_bytes());
+        v.buckets_per_block = buckets_per_block(v.state_bytes);
         v.covered_offset = start_offset;
         v.created_ns = realtime_ns();
         cs = txn.put(meta, lmdb::val(version_key(def.name, version)), lmdb::val(encode_version(v)));
@@ -1180,14 +1499,16 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
                                             uint64_t max_deletes_per_txn) {
   uint64_t total = 0;
   max_deletes_per_txn = std::max<uint64_t>(max_deletes_per_txn, 1);
+  const MDB_dbi meta = shared_->meta;
   for (const auto& [_, v] : state_.versions) {
     if (v.state == VersionState::kRetired) continue;
-    std::vector<int64_t> cutoff(v.def.widths_ns.size(), std::numeric_limits<int64_t>::min());
+    // Per width, the first bucket number to keep: older buckets start before now - keep.
+    std::vector<Wide> keep_from(v.def.widths_ns.size(), std::numeric_limits<int64_t>::min());
     bool any = false;
-    for (size_t w = 0; w < cutoff.size(); ++w) {
+    for (size_t w = 0; w < keep_from.size(); ++w) {
       const int64_t keep = retention.keep_ns(v.def.widths_ns[w]);
       if (keep > 0 && now_ns > std::numeric_limits<int64_t>::min() + keep) {
-        cutoff[w] = now_ns - keep;
+        keep_from[w] = first_bucket_at_or_after(now_ns - keep, v.def.widths_ns[w]);
         any = true;
       }
     }
@@ -1195,10 +1516,12 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
     auto dbi_found = data_dbi(v.view, v.version);
     if (!dbi_found.ok()) return dbi_found.status();
     const MDB_dbi dbi = *dbi_found;
-    BucketKey resume{0, 0, std::numeric_limits<int64_t>::min()};
+    const uint32_t per_block = v.buckets_per_block;
+    const size_t n = v.state_bytes;
+    BlockKey resume{0, 0, std::numeric_limits<int64_t>::min()};
     for (bool done = false; !done;) {
       uint64_t deleted = 0;
-      BucketKey next = resume;
+      BlockKey next = resume;
       Status s = write(
           [&](lmdb::Txn& txn) {
             deleted = 0;
@@ -1206,56 +1529,97 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
             done = false;
             auto cursor = lmdb::Cursor::open(txn, dbi);
             if (!cursor.ok()) return cursor.status();
-            std::byte kb[kBucketKeyBytes];
-            encode_bucket_key(resume, kb);
-            MDB_val k{kBucketKeyBytes, kb}, val{};
-            auto found = cursor->seek(&k, &val, MDB_SET_RANGE);
+            MDB_cursor* c = cursor->get();
+            std::byte kb[kBlockKeyBytes];
+            // Positions the cursor at the first block at or after `key`.
+            auto seek = [&](const BlockKey& key, MDB_val* k, MDB_val* val) {
+              encode_block_key(key, kb);
+              *k = MDB_val{kBlockKeyBytes, kb};
+              return cursor->seek(k, val, MDB_SET_RANGE);
+            };
+            auto finish = [&] {
+              if (deleted == 0) return Status::Ok();
+              return update_version(txn, meta, version_key(v.view, v.version), std::nullopt,
+                                    -static_cast<int64_t>(deleted));
+            };
+            MDB_val k{}, val{};
+            auto found = seek(resume, &k, &val);
             while (true) {
               if (!found.ok()) return found.status();
-              if (!*found) {
+              if (!*found || k.mv_size != kBlockKeyBytes) {
                 done = true;
-                return Status::Ok();
+                return finish();
               }
-              const BucketKey key = decode_bucket_key(lmdb::bytes(k));
-              const int64_t cut = key.width_index < cutoff.size() ? cutoff[key.width_index]
-                                                                  : std::numeric_limits<int64_t>::min();
-              if (key.bucket_start_ns < cut) {
-                if (deleted == max_deletes_per_txn) {
+              const BlockKey key = decode_block_key(lmdb::bytes(k));
+              const Wide first_kept = key.width_index < keep_from.size()
+                                          ? keep_from[key.width_index]
+                                          : Wide{std::numeric_limits<int64_t>::min()};
+              const Wide old_slots =
+                  first_kept - Wide{key.block} * per_block;  // slots below are old
+              BlockKey after = key;                          // where to go on from
+              if (old_slots > 0) {
+                if (deleted >= max_deletes_per_txn) {
                   next = key;  // resume here in the next transaction
-                  return Status::Ok();
+                  return finish();
                 }
-                const int rc = mdb_cursor_del(cursor->get(), 0);
-                if (rc != 0) return txn.error(rc, "mdb_cursor_del");
-                ++deleted;
-                // Re-seek from the deleted key (k pointed into the page just changed; after
-                // the last entry goes, the cursor is no longer positioned at all).
-                encode_bucket_key(key, kb);
-                k = MDB_val{kBucketKeyBytes, kb};
-                found = cursor->seek(&k, &val, MDB_SET_RANGE);
-                continue;
+                Block b;
+                if (!b.parse(val, per_block, n)) {
+                  return Status::Corruption(options_.dir.string() + ": view '" + v.view + "' row " +
+                                            std::to_string(key.row_id) + ": a stored block of " +
+                                            std::to_string(val.mv_size) + " bytes is malformed");
+                }
+                const uint64_t present = b.present;
+                const uint64_t old =
+                    present & slots_below(static_cast<uint32_t>(std::min<Wide>(old_slots, 64)));
+                deleted += static_cast<uint64_t>(std::popcount(old));
+                int rc = 0;
+                if (old == present) {
+                  rc = mdb_cursor_del(c, 0);
+                } else if (old != 0) {
+                  // Keep the young slots: their states are the last of the block.
+                  const uint64_t young = present & ~old;
+                  const uint64_t compact = b.compact & young;
+                  const size_t keep_bytes = Block::bytes_of(young, compact, n);
+                  merge_buf_.resize(kBlockHeaderBytes + keep_bytes);
+                  std::memcpy(merge_buf_.data(), &young, 8);
+                  std::memcpy(merge_buf_.data() + 8, &compact, 8);
+                  std::memcpy(merge_buf_.data() + kBlockHeaderBytes,
+                              static_cast<const std::byte*>(val.mv_data) + val.mv_size - keep_bytes,
+                              keep_bytes);
+                  MDB_val nv{merge_buf_.size(), merge_buf_.data()};
+                  // A resized value is deleted and added again: the key must not point into
+                  // the page, as k does.
+                  encode_block_key(key, kb);
+                  MDB_val own{kBlockKeyBytes, kb};
+                  rc = mdb_cursor_put(c, &own, &nv, MDB_CURRENT);
+                }
+                if (rc != 0) return txn.error(rc, "retention of view '" + v.view + "'");
+                if (old == present && old_slots >= per_block) {
+                  // Later blocks of this (row, width) may hold old buckets too.
+                  found = seek(key, &k, &val);  // k pointed into the page just changed
+                  continue;
+                }
               }
               // The rest of this (row, width) is young enough: skip to the next width.
-              BucketKey skip = key;
-              if (skip.width_index == std::numeric_limits<uint8_t>::max()) {
-                if (skip.row_id == std::numeric_limits<uint64_t>::max()) {
+              if (after.width_index == std::numeric_limits<uint8_t>::max()) {
+                if (after.row_id == std::numeric_limits<uint64_t>::max()) {
                   done = true;
-                  return Status::Ok();
+                  return finish();
                 }
-                ++skip.row_id;
-                skip.width_index = 0;
+                ++after.row_id;
+                after.width_index = 0;
               } else {
-                ++skip.width_index;
+                ++after.width_index;
               }
-              skip.bucket_start_ns = std::numeric_limits<int64_t>::min();
-              encode_bucket_key(skip, kb);
-              k = MDB_val{kBucketKeyBytes, kb};
-              found = cursor->seek(&k, &val, MDB_SET_RANGE);
+              after.block = std::numeric_limits<int64_t>::min();
+              found = seek(after, &k, &val);
             }
           },
           false);
       if (!s.ok()) return s;
       resume = next;
       total += deleted;
+      state_.versions.at(v.version).bucket_count -= deleted;
       counters_.buckets_expired.fetch_add(deleted, std::memory_order_relaxed);
     }
   }

@@ -9,6 +9,7 @@
 #include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -48,16 +49,35 @@ namespace runnel::storage {
 // Named databases (MDB_dbi):
 //   "meta"                 store record, batch watermark, view and version records (below)
 //   "series"               row id -> row key bytes
-//   "d/<view>/<version>"   one per view version: bucket key -> aggregate state
+//   "d/<view>/<version>"   one per view version: block key -> block of bucket states
 //
-// Data key (17 bytes), so that one cursor range over (row, width) walks buckets in time order:
+// A block holds up to B buckets of one (row, width) that lie next to each other in time, so a
+// compaction step writes one LMDB value per touched block (not one per bucket) and a range read
+// walks few keys. B, the version's buckets_per_block, is fixed when the version is created:
+// buckets_per_block(state_bytes) = clamp((kBlockTargetBytes - 16) / state_bytes, 1, 64); it is
+// recorded in the version and view records below. Bucket starts are multiples of their width
+// (model/clock.h bucket_start); bucket number q = bucket_start_ns / width_ns lies in block
+// floor(q / B) at slot q - B * floor(q / B).
+//
+// Data key (17 bytes), so that one cursor range over (row, width) walks blocks in time order:
 //   off  size  field
 //   0    8     row_id           big-endian u64 (model/view_router.h make_row_id)
 //   8    1     width_index      index into the version's ViewDef::widths_ns
-//   9    8     bucket_start_ns  big-endian u64 of (i64 bucket start XOR 0x8000000000000000),
-//                               so that signed order is byte order (pre-1970 buckets sort first)
-// Data value: the aggregate state blob, AggregateLayout::state_bytes() of the version's
-// definition (model/aggregate.h).
+//   9    8     block            big-endian u64 of (i64 block number XOR 0x8000000000000000),
+//                               so that signed order is byte order (pre-1970 blocks sort first)
+// Data value (16 + f * state_bytes + c * 16 bytes; little-endian, no alignment assumed):
+//   off  size   field
+//   0    8      u64 present   bit s set: the bucket in slot s is stored (s < B); never 0
+//   8    8      u64 compact   bit s set (only where present): slot s is stored compact
+//   16   ...    the states of the present slots in ascending slot order (time order), each
+//              either full: AggregateLayout::state_bytes() of the version's definition
+//                   (model/aggregate.h), f of them;
+//              or compact (16 bytes, c of them): i64 ts_ns, f64 value, standing for the
+//                   state that AggregateLayout::init() then update(value, ts_ns) gives. The
+//                   writer stores a bucket compact exactly when that state equals its full one
+//                   byte for byte (a bucket of one event, without a distinct count), so that
+//                   buckets of single events (1s buckets of a series sampled every few
+//                   seconds) take 16 bytes, not state_bytes.
 //
 // Series key: row_id as 8 bytes big-endian. Value: the row key bytes of
 // model/view_router.h (group key block + u16 field_len + field), the same bytes the live series
@@ -84,7 +104,10 @@ namespace runnel::storage {
 //     24  8  u64 state_format_id     AggregateLayout::state_format_id of the current version
 //     32  4  u32 state_bytes
 //     36  4  u32 canonical_len
-//     40  n  ViewDef::canonical() of the current version
+//     40  4  u32 buckets_per_block   of the current version (0 without one)
+//     44  4  u32 width_count         of the current version (<= ViewDef::kMaxWidths)
+//     48  64 i64 widths_ns[8]        its bucket widths; unused entries 0
+//     112 n  ViewDef::canonical() of the current version
 //   key "version/<name>/<version as 20 decimal digits>"
 //     0   8  u64 covered_offset      log records below it are in this version (a current
 //                                    version: equal to the watermark)
@@ -95,8 +118,10 @@ namespace runnel::storage {
 //                                    once no snapshot of this process uses it)
 //     32  8  i64 created_ns
 //     40  4  u32 canonical_len
-//     44  4  reserved, 0
-//     48  n  ViewDef::canonical()
+//     44  4  u32 buckets_per_block   B of this version's blocks
+//     48  8  u64 bucket_count        buckets stored (present bits over all blocks), kept by
+//                                    every transaction that adds or deletes buckets
+//     56  n  ViewDef::canonical()
 //
 // One watermark for all views. A compaction step merges partial states into every current
 // version and advances the watermark (and the current versions' covered_offset) in the same
@@ -108,21 +133,40 @@ namespace runnel::storage {
 // ---------------------------------------------------------------------------------------------
 
 inline constexpr char kViewStoreMagic[8] = {'R', 'N', 'L', 'V', 'I', 'E', 'W', 'S'};
-inline constexpr uint32_t kViewStoreLayoutVersion = 1;
-inline constexpr size_t kBucketKeyBytes = 17;
+// Layout 1 (until this one) stored one LMDB key per bucket; it is not read any more.
+inline constexpr uint32_t kViewStoreLayoutVersion = 2;
+inline constexpr size_t kBlockKeyBytes = 17;
+inline constexpr size_t kBlockHeaderBytes = 16;
+inline constexpr size_t kCompactStateBytes = 16;
+inline constexpr uint32_t kMaxBucketsPerBlock = 64;
+// The most bytes a block of full states takes: LMDB keeps a value of up to about 2013 bytes
+// (17-byte key, 4 KiB pages) inside its leaf page, a larger one takes overflow pages of its own.
+// Blocks of the default view's 56-byte states hold 35 buckets: small enough to rewrite whole
+// when a step adds to one, big enough that a step writes few keys.
+inline constexpr size_t kBlockTargetBytes = 2000;
 inline constexpr size_t kSeriesKeyBytes = 8;
 inline constexpr uint64_t kBucketSignBit = uint64_t{1} << 63;
 
-// One bucket of one row: the data key above, decoded.
+uint32_t buckets_per_block(size_t state_bytes);
+
+// One bucket of one row.
 struct BucketKey {
   uint64_t row_id = 0;
   uint8_t width_index = 0;
-  int64_t bucket_start_ns = 0;
+  int64_t bucket_start_ns = 0;  // a multiple of the width
   friend auto operator<=>(const BucketKey&, const BucketKey&) = default;
 };
-void encode_bucket_key(const BucketKey& key, std::byte (&out)[kBucketKeyBytes]);
-// REQUIRES: bytes.size() == kBucketKeyBytes.
-BucketKey decode_bucket_key(std::span<const std::byte> bytes);
+
+// One block of one row: the data key above, decoded.
+struct BlockKey {
+  uint64_t row_id = 0;
+  uint8_t width_index = 0;
+  int64_t block = 0;
+  friend auto operator<=>(const BlockKey&, const BlockKey&) = default;
+};
+void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]);
+// REQUIRES: bytes.size() == kBlockKeyBytes.
+BlockKey decode_block_key(std::span<const std::byte> bytes);
 
 // Where the batch layer stands in the log (the "watermark" record).
 struct Watermark {
@@ -146,6 +190,8 @@ struct ViewInfo {
   uint64_t state_format_id = 0;
   uint32_t state_bytes = 0;
   uint64_t covered_offset = 0;  // the watermark when current_version != 0
+  uint32_t buckets_per_block = 0;  // of the current version
+  std::vector<int64_t> widths_ns;  // of the current version
 };
 
 namespace view_store_internal {
@@ -154,12 +200,14 @@ struct Shared;
 
 // One consistent read of the batch views: a read-only LMDB transaction, so the watermark, the
 // current versions and every state it returns belong to one committed step, whatever the
-// writer commits or switches meanwhile. Spans point into the read-only map and stay valid
-// until the snapshot is destroyed. Move-only; one thread at a time (it may move between
-// threads). While it lives, the writer cannot reuse its pages: keep snapshots short.
+// writer commits or switches meanwhile. Spans that get() returns point into the read-only map
+// (or, for a bucket stored compact, into memory of the snapshot) and stay valid until the
+// snapshot is destroyed; those scan() passes to its callback only until the callback returns.
+// Move-only; one thread at a time (it may move between threads). While it lives, the writer cannot
+// reuse its pages: keep snapshots short.
 class ViewSnapshot {
  public:
-  // fn(bucket_start_ns, state) per bucket; return false to stop.
+  // fn(bucket_start_ns, state) per bucket; return false to stop. `state` is valid during the call.
   using BucketFn = std::function<bool(int64_t, std::span<const std::byte>)>;
 
   ViewSnapshot(ViewSnapshot&& other) noexcept;
@@ -182,13 +230,14 @@ class ViewSnapshot {
   Status for_each_series(
       const std::function<bool(uint64_t, std::span<const std::byte>)>& fn) const;
   Result<std::optional<std::span<const std::byte>>> row_key(uint64_t row_id) const;
-  // Buckets stored in the view's current version (its database's entry count; 0 without one).
+  // Buckets stored in the view's current version (its version record's count; 0 without one).
   Result<uint64_t> bucket_count(const ViewInfo& view) const;
 
  private:
   friend struct view_store_internal::Shared;
   ViewSnapshot() = default;
   Result<size_t> index_of(const ViewInfo& view) const;
+  Status block_error(const ViewInfo& view, uint64_t row_id, std::span<const std::byte> value) const;
   void release();
 
   std::shared_ptr<view_store_internal::Shared> shared_;
@@ -197,6 +246,7 @@ class ViewSnapshot {
   std::vector<ViewInfo> views_;
   std::vector<std::string> dbi_names_;  // parallel to views_; empty without a current version
   std::vector<unsigned> dbis_;          // parallel to views_ (MDB_dbi)
+  mutable std::deque<std::vector<std::byte>> expanded_;  // compact states get() returned in full
 };
 
 struct ViewReaderOptions {
@@ -264,6 +314,8 @@ struct VersionMeta {
   uint64_t definition_hash = 0;
   uint64_t state_format_id = 0;
   uint32_t state_bytes = 0;
+  uint32_t buckets_per_block = 0;
+  uint64_t bucket_count = 0;
   uint64_t covered_offset = 0;
   int64_t created_ns = 0;
   std::shared_ptr<const AggregateLayout> layout;  // of def
@@ -286,7 +338,8 @@ struct StoreState {
 
 // ----- one compaction step -----
 
-// A partial state for one bucket: merged (AggregateLayout::merge) into the stored state.
+// A partial state for one bucket: merged (AggregateLayout::merge) into the stored state. Its
+// bucket_start_ns must be a multiple of its width (else the step is Invalid).
 struct PartialState {
   BucketKey key;
   std::span<const std::byte> state;
@@ -387,7 +440,8 @@ class ViewStore {
   Result<size_t> drop_retired();
 
   // Deletes buckets older than the retention of their width in every current and building
-  // version, at most max_deletes_per_txn per transaction. Returns the buckets deleted.
+  // version; a transaction ends after the block in which it reached max_deletes_per_txn
+  // buckets. Returns the buckets deleted.
   Result<uint64_t> apply_retention(const BucketRetention& retention, int64_t now_ns,
                                    uint64_t max_deletes_per_txn = 10'000);
 
@@ -409,6 +463,8 @@ class ViewStore {
                CommitError* why = nullptr);
   Status grow_map(CommitError* why);
   Status apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError* why);
+  Result<uint64_t> merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const VersionMeta& v,
+                                std::span<const PartialState> states);
   Result<MDB_dbi> data_dbi(std::string_view view, uint64_t version) const;
 
   ViewStoreOptions options_;
@@ -416,6 +472,10 @@ class ViewStore {
   StoreState state_;
   ViewStoreCounters counters_;
   std::vector<std::byte> merge_buf_;
+  std::vector<std::byte> merge_states_;     // merge_blocks: per slot, a merged state
+  std::vector<std::byte> compact_scratch_;  // merge_blocks: one state
+  std::byte compact_states_[kMaxBucketsPerBlock][kCompactStateBytes];  // per slot, compact form
+  std::vector<std::pair<uint64_t, int64_t>> step_bucket_delta_;        // (version, buckets added)
 };
 
 }  // namespace runnel::storage

@@ -116,7 +116,9 @@ std::vector<ViewDef> test_views() {
   ViewDef idle = default_view();
   idle.name = "idle";
   idle.fields = {"idle"};
-  idle.widths_ns = {kHour};
+  // 30 min is not a multiple of the finest width, so it is aggregated per event; 1h (and the
+  // other views' coarser widths) are rolled up from the finest at commit.
+  idle.widths_ns = {20 * kMinute, 30 * kMinute, kHour};
   idle.aggregates = {"count", "sum"};
   return {all, by_region, idle};
 }

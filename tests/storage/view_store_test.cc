@@ -11,8 +11,10 @@
 #include <cstring>
 #include <deque>
 #include <limits>
+#include <map>
 
 #include "model/aggregate.h"
+#include "model/clock.h"
 #include "model/view.h"
 #include "tests/storage/log_test_util.h"
 
@@ -100,20 +102,34 @@ uint64_t count_at(const ViewSnapshot& snap, const ViewInfo& view, const BucketKe
   return state.ok() && state.value().has_value() ? layout.count(*state.value()) : 0;
 }
 
-TEST(ViewStoreKeys, BucketKeysSortByRowThenWidthThenSignedTime) {
-  std::vector<BucketKey> keys = {{1, 0, -5 * kSecond}, {1, 0, -1}, {1, 0, 0}, {1, 0, 7},
-                                 {1, 1, std::numeric_limits<int64_t>::min()}, {1, 1, kHour},
-                                 {2, 0, std::numeric_limits<int64_t>::max()}, {0x0100000000000000, 0, 0}};
+TEST(ViewStoreKeys, BlockKeysSortByRowThenWidthThenSignedBlock) {
+  std::vector<BlockKey> keys = {{1, 0, -5},
+                                {1, 0, -1},
+                                {1, 0, 0},
+                                {1, 0, 7},
+                                {1, 1, std::numeric_limits<int64_t>::min()},
+                                {1, 1, 3},
+                                {2, 0, std::numeric_limits<int64_t>::max()},
+                                {0x0100000000000000, 0, 0}};
   std::sort(keys.begin(), keys.end());
   for (size_t i = 0; i < keys.size(); ++i) {
-    std::byte a[kBucketKeyBytes];
-    encode_bucket_key(keys[i], a);
-    EXPECT_EQ(decode_bucket_key(a), keys[i]);
+    std::byte a[kBlockKeyBytes];
+    encode_block_key(keys[i], a);
+    EXPECT_EQ(decode_block_key(a), keys[i]);
     if (i == 0) continue;
-    std::byte prev[kBucketKeyBytes];
-    encode_bucket_key(keys[i - 1], prev);
-    EXPECT_LT(std::memcmp(prev, a, kBucketKeyBytes), 0) << "key " << i;
+    std::byte prev[kBlockKeyBytes];
+    encode_block_key(keys[i - 1], prev);
+    EXPECT_LT(std::memcmp(prev, a, kBlockKeyBytes), 0) << "key " << i;
   }
+}
+
+TEST(ViewStoreKeys, BlocksOfDefaultStatesStayBelowTheTargetSize) {
+  const size_t state_bytes = AggregateLayout::for_view(default_view()).value().state_bytes();
+  const uint32_t per_block = buckets_per_block(state_bytes);
+  EXPECT_EQ(per_block, 35u);
+  EXPECT_LE(kBlockHeaderBytes + per_block * state_bytes, kBlockTargetBytes);
+  EXPECT_EQ(buckets_per_block(1), kMaxBucketsPerBlock);
+  EXPECT_EQ(buckets_per_block(1 << 20), 1u);
 }
 
 TEST(ViewStore, StepMergesIntoStoredStatesAndAdvancesTheWatermarkWithThem) {
@@ -315,9 +331,9 @@ TEST(ViewStore, RetentionDeletesOnlyBucketsOlderThanTheirWidthsRetention) {
   std::vector<PartialState> states;
   for (uint64_t row = 1; row <= 5; ++row) {
     for (int64_t age : {2 * kDay, kDay + kSecond, kDay - kSecond, 40 * kDay, 20 * kDay, 2 * kSecond}) {
-      states.push_back(m.make({row, 0, now - age}, {1.0}));
-      states.push_back(m.make({row, 1, now - age}, {1.0}));
-      states.push_back(m.make({row, 2, now - age}, {1.0}));
+      for (uint8_t w = 0; w < 3; ++w) {
+        states.push_back(m.make({row, w, bucket_start(now - age, f.def.widths_ns[w])}, {1.0}));
+      }
     }
   }
   ASSERT_TRUE(f.step(states, 80).ok());
@@ -340,7 +356,7 @@ TEST(ViewStore, RetentionDeletesOnlyBucketsOlderThanTheirWidthsRetention) {
                       .ok());
     }
     EXPECT_EQ(ages[0], (std::vector<int64_t>{kDay - kSecond, 2 * kSecond}));
-    EXPECT_EQ(ages[1], (std::vector<int64_t>{20 * kDay, 2 * kDay, kDay + kSecond, kDay - kSecond, 2 * kSecond}));
+    EXPECT_EQ(ages[1], (std::vector<int64_t>{20 * kDay, 2 * kDay, kDay + kMinute, kDay, kMinute}));
     EXPECT_EQ(ages[2].size(), 6u) << "1h buckets are kept forever by default";
   }
 }
@@ -445,6 +461,202 @@ TEST(ViewStore, ReaderNeedsWriteAccessToTheLockFileOnly) {
         ::_exit(state.ok() && state->has_value() ? 0 : 13);
       },
       ::testing::ExitedWithCode(0), "");
+}
+
+// Buckets of one (row, width) share blocks: steps that add to a block, merge into it and start
+// the next one read back bucket by bucket, in time order, also before 1970.
+TEST(ViewStore, BucketsAddedToBlocksOverManyStepsReadBackInTimeOrder) {
+  Fixture f;
+  ASSERT_TRUE(f.store);
+  StateMaker m(f.def);
+  const int64_t per_block = buckets_per_block(m.layout().state_bytes());
+  std::map<int64_t, uint64_t> expected;  // 1s bucket start -> events
+  uint64_t to = 0;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<PartialState> states;
+    // Every third second from -2 blocks on, each step one block further, overlapping the last.
+    // Buckets of one event are stored compact, of two in full; merging turns compact ones full.
+    for (int64_t q = -2 * per_block + step * per_block; q < step * per_block + 5; q += 3) {
+      const bool single = (q / 3 + step) % 2 == 0;
+      states.push_back(single ? m.make({3, 0, q * kSecond}, {1.5}, q * kSecond + 7)
+                              : m.make({3, 0, q * kSecond}, {1.0, 2.0}, q * kSecond));
+      expected[q * kSecond] += single ? 1 : 2;
+    }
+    states.push_back(m.make({3, 1, 0}, {1.0}));
+    to += 80;
+    ASSERT_TRUE(f.step(states, to).ok());
+  }
+  auto snap = f.store->snapshot();
+  ASSERT_TRUE(snap.ok());
+  const ViewInfo& v = *snap->find_view("v");
+  EXPECT_EQ(v.buckets_per_block, static_cast<uint32_t>(per_block));
+  EXPECT_EQ(v.widths_ns, f.def.widths_ns);
+  std::map<int64_t, uint64_t> read;
+  ASSERT_TRUE(
+      snap->scan(v, 3, 0, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
+                 [&](int64_t t, std::span<const std::byte> state) {
+                   EXPECT_TRUE(read.empty() || read.rbegin()->first < t) << "out of order at " << t;
+                   read[t] = m.layout().count(state);
+                   return true;
+                 })
+          .ok());
+  EXPECT_EQ(read, expected);
+  for (const auto& [t, n] : expected) EXPECT_EQ(count_at(*snap, v, {3, 0, t}, m.layout()), n) << t;
+  EXPECT_EQ(count_at(*snap, v, {3, 1, 0}, m.layout()), 6u);
+  for (int64_t q = -3 * per_block; q < 6 * per_block; ++q) {
+    if (!expected.contains(q * kSecond))
+      EXPECT_FALSE(snap->get(v, {3, 0, q * kSecond})->has_value()) << q;
+  }
+  EXPECT_FALSE(snap->get(v, {3, 0, 3 * kSecond + 1})->has_value()) << "not a bucket start";
+  EXPECT_EQ(snap->bucket_count(v).value(), expected.size() + 1);
+  // A range that starts and ends inside blocks.
+  std::vector<int64_t> starts;
+  ASSERT_TRUE(snap->scan(v, 3, 0, -kSecond - 1, per_block * kSecond + 1,
+                         [&](int64_t t, auto) {
+                           starts.push_back(t);
+                           return true;
+                         })
+                  .ok());
+  std::vector<int64_t> want;
+  for (const auto& [t, n] : expected) {
+    if (t >= -kSecond - 1 && t < per_block * kSecond + 1) want.push_back(t);
+  }
+  EXPECT_EQ(starts, want);
+}
+
+TEST(ViewStore, StepWithABucketStartOffItsWidthIsInvalid) {
+  Fixture f;
+  ASSERT_TRUE(f.store);
+  StateMaker m(f.def);
+  Status s = f.step({m.make({1, 1, 30 * kSecond}, {1.0})}, 80);
+  EXPECT_EQ(s.code(), Status::Code::kInvalid);
+  EXPECT_NE(s.message().find("not a multiple of the width"), std::string::npos) << s.message();
+  EXPECT_EQ(f.store->watermark().log_offset, 0u);
+}
+
+TEST(ViewStore, RetentionTrimsABlockThatStraddlesTheCutoff) {
+  Fixture f;
+  ASSERT_TRUE(f.store);
+  StateMaker m(f.def);
+  const int64_t per_block = buckets_per_block(m.layout().state_bytes());
+  const int64_t now = 1000 * kDay + 7 * kSecond;  // the cutoff falls inside a block
+  std::vector<PartialState> states;
+  for (int64_t q = 0; q < 3 * per_block; ++q)
+    states.push_back(m.make({1, 0, now - q * kSecond - kSecond}, {1.0}));
+  ASSERT_TRUE(f.step(states, 80).ok());
+  BucketRetention keep_a_block;
+  keep_a_block.rules = {{kSecond, per_block * kSecond}};
+  auto deleted = f.store->apply_retention(keep_a_block, now, 1);
+  ASSERT_TRUE(deleted.ok()) << deleted.status().ToString();
+  EXPECT_EQ(*deleted, static_cast<uint64_t>(2 * per_block));
+  auto snap = f.store->snapshot();
+  ASSERT_TRUE(snap.ok());
+  const ViewInfo& v = *snap->find_view("v");
+  std::vector<int64_t> starts;
+  ASSERT_TRUE(snap->scan(v, 1, 0, std::numeric_limits<int64_t>::min(),
+                         std::numeric_limits<int64_t>::max(),
+                         [&](int64_t t, auto) {
+                           starts.push_back(t);
+                           return true;
+                         })
+                  .ok());
+  ASSERT_EQ(starts.size(), static_cast<size_t>(per_block));
+  EXPECT_EQ(starts.front(), now - per_block * kSecond);
+  EXPECT_EQ(starts.back(), now - kSecond);
+  EXPECT_EQ(snap->bucket_count(v).value(), static_cast<uint64_t>(per_block));
+  EXPECT_EQ(f.store->state().find_version(f.version)->bucket_count,
+            static_cast<uint64_t>(per_block));
+}
+
+// A store written by an older build (one key per bucket) is refused, saying what to do.
+TEST(ViewStore, OlderLayoutIsUnsupportedAndTheErrorSaysToRemoveTheViews) {
+  TempDir tmp;
+  const auto dir = tmp.path() / "views";
+  {
+    Fixture f(options_in(dir));
+    ASSERT_TRUE(f.store);
+  }
+  {
+    lmdb::EnvOptions eo;
+    eo.dir = dir;
+    eo.max_dbs = 8;
+    auto env = lmdb::Env::open(eo);
+    ASSERT_TRUE(env.ok());
+    auto txn = lmdb::Txn::begin(*env, 0);
+    ASSERT_TRUE(txn.ok());
+    MDB_dbi meta = 0;
+    ASSERT_EQ(mdb_dbi_open(txn->get(), "meta", 0, &meta), 0);
+    auto rec = txn->get(meta, lmdb::val(std::string_view("store")));
+    ASSERT_TRUE(rec.ok());
+    std::vector<std::byte> old(rec->begin(), rec->end());
+    const uint32_t layout = 1;
+    std::memcpy(old.data() + 8, &layout, sizeof layout);
+    ASSERT_TRUE(txn->put(meta, lmdb::val(std::string_view("store")), lmdb::val(old)).ok());
+    ASSERT_TRUE(txn->commit().ok());
+  }
+  auto store = ViewStore::open(options_in(dir));
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), Status::Code::kUnsupported);
+  const std::string& msg = store.status().message();
+  EXPECT_NE(msg.find(dir.string() + ": batch views in layout version 1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("remove " + dir.string()), std::string::npos) << msg;
+  auto reader = ViewReader::open(dir);
+  ASSERT_FALSE(reader.ok());
+  EXPECT_EQ(reader.status().code(), Status::Code::kUnsupported);
+}
+
+// A bucket of one event is stored in 16 bytes and read back as the very state it stands for.
+TEST(ViewStore, SingleEventBucketsAreStoredCompactAndReadBackByteForByte) {
+  Fixture f;
+  ASSERT_TRUE(f.store);
+  StateMaker m(f.def);
+  std::vector<PartialState> states;
+  for (int64_t q = 0; q < 30; ++q)
+    states.push_back(
+        m.make({5, 0, q * kSecond}, {0.25 * static_cast<double>(q) - 3}, q * kSecond + q));
+  states.push_back(m.make({5, 1, 0}, {1.0, 2.0, 3.0}, 9));
+  const std::vector<PartialState> written = states;
+  ASSERT_TRUE(f.step(states, 80).ok());
+  {
+    auto snap = f.store->snapshot();
+    ASSERT_TRUE(snap.ok());
+    const ViewInfo& v = *snap->find_view("v");
+    for (const PartialState& ps : written) {
+      auto got = snap->get(v, ps.key);
+      ASSERT_TRUE(got.ok() && got->has_value()) << ps.key.bucket_start_ns;
+      EXPECT_TRUE(std::equal(ps.state.begin(), ps.state.end(), (*got)->begin(), (*got)->end()))
+          << "width " << int(ps.key.width_index) << " bucket " << ps.key.bucket_start_ns;
+    }
+    size_t scanned = 0;
+    ASSERT_TRUE(snap->scan(v, 5, 0, 0, 30 * kSecond,
+                           [&](int64_t t, std::span<const std::byte> state) {
+                             const PartialState& ps = written[static_cast<size_t>(t / kSecond)];
+                             EXPECT_TRUE(std::equal(ps.state.begin(), ps.state.end(), state.begin(),
+                                                    state.end()))
+                                 << t;
+                             ++scanned;
+                             return true;
+                           })
+                    .ok());
+    EXPECT_EQ(scanned, 30u);
+  }
+  // On disk, the block holds the 30 one-event buckets as 16 bytes each.
+  const auto dir = f.store->dir();
+  f.store.reset();
+  lmdb::EnvOptions eo;
+  eo.dir = dir;
+  eo.max_dbs = 8;
+  auto env = lmdb::Env::open(eo);
+  ASSERT_TRUE(env.ok());
+  auto txn = lmdb::Txn::begin(*env, MDB_RDONLY);
+  ASSERT_TRUE(txn.ok());
+  MDB_dbi dbi = 0;
+  ASSERT_EQ(mdb_dbi_open(txn->get(), ("d/v/" + std::to_string(f.version)).c_str(), 0, &dbi), 0);
+  std::byte key[kBlockKeyBytes];
+  encode_block_key({5, 0, 0}, key);
+  auto block = txn->get(dbi, lmdb::val(std::span<const std::byte>(key)));
+  ASSERT_TRUE(block.ok());
+  EXPECT_EQ(block->size(), kBlockHeaderBytes + 30 * kCompactStateBytes);
 }
 
 }  // namespace
