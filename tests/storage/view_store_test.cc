@@ -504,8 +504,9 @@ TEST(ViewStore, BucketsAddedToBlocksOverManyStepsReadBackInTimeOrder) {
   for (const auto& [t, n] : expected) EXPECT_EQ(count_at(*snap, v, {3, 0, t}, m.layout()), n) << t;
   EXPECT_EQ(count_at(*snap, v, {3, 1, 0}, m.layout()), 6u);
   for (int64_t q = -3 * per_block; q < 6 * per_block; ++q) {
-    if (!expected.contains(q * kSecond))
+    if (!expected.contains(q * kSecond)) {
       EXPECT_FALSE(snap->get(v, {3, 0, q * kSecond})->has_value()) << q;
+    }
   }
   EXPECT_FALSE(snap->get(v, {3, 0, 3 * kSecond + 1})->has_value()) << "not a bucket start";
   EXPECT_EQ(snap->bucket_count(v).value(), expected.size() + 1);
