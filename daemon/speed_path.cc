@@ -398,8 +398,10 @@ void SpeedPath::evict(Worker& w, bool idle) {
   // - under pressure (an update found no room, or kPressureTenths of the shard's slots hold
   //   entries or tombstones), the oldest closed buckets leave, however recent, until the shard
   //   is back at kRoomTenths: the live tables keep as much of the newest history as fits. A
-  //   bucket still open at the watermark never leaves. These count as forced evictions; with a
-  //   batch layer the batch views serve them once absorbed.
+  //   bucket still open at the watermark never leaves, nor does one updated since it was last
+  //   looked at (a second chance: a stream far behind the others still updates buckets that
+  //   are closed at the watermark). These count as forced evictions; with a batch layer the
+  //   batch views serve them once absorbed.
   // The oldest entry that stays is queued again if entries behind it may still leave: under
   // pressure (the oldest entries may come from a stream far behind the others), or when it is
   // a wide bucket still open that started before the age cutoff; otherwise the look ends.
@@ -433,11 +435,11 @@ void SpeedPath::evict(Worker& w, bool idle) {
     bool stopped = true;
     writer.evict_oldest(
         looks,
-        [&](const ipc::EntryMeta& m) {
+        [&](const ipc::EntryMeta& m, bool updated) {
           const int64_t end = m.key.bucket_start_ns + def.widths_ns[m.key.width_index];
           const bool gone = (absorbed != kNoGeneration && m.key.generation <= absorbed) ||
                             (by_age && end <= cutoff);
-          if (gone || for_room == 0 || end > watermark) {
+          if (gone || for_room == 0 || end > watermark || updated) {
             if (gone && for_room > 0) --for_room;
             return gone;
           }

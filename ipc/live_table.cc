@@ -616,8 +616,9 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, uint64_t home) {
   if (reused) bump(counters_->tombstones, -1);
   if (!queue_.empty() && queue_size_ < capacity_) {
     // Never full: a queued slot is occupied, and each occupied slot is queued once.
-    queue_[(queue_head_ + queue_size_) % capacity_] =
-        static_cast<uint32_t>((reinterpret_cast<std::byte*>(free_slot) - entries_) / entry_bytes_);
+    // Queued as seen with one update: the update that follows the insert is no news.
+    queue_[(queue_head_ + queue_size_) % capacity_] = queue_item(
+        static_cast<uint32_t>((reinterpret_cast<std::byte*>(free_slot) - entries_) / entry_bytes_), 1);
     ++queue_size_;
   }
   return free_slot;
@@ -689,11 +690,12 @@ uint64_t ShardWriter::evict_if(const std::function<bool(const EntryMeta&)>& pred
   bump(counters_->tombstones, tombstones);
   if (queue_size_ > 0) {
     // Drop queued slots that no longer hold an entry (or were refilled: queued twice).
-    std::vector<uint32_t> kept;
+    std::vector<uint64_t> kept;
     std::vector<bool> seen(capacity_, false);
     for (uint64_t n = 0; n < queue_size_; ++n) {
-      const uint32_t i = queue_[(queue_head_ + n) % capacity_];
-      if (!seen[i] && slot(i)->flags.load(std::memory_order_relaxed) == kSlotOccupied) kept.push_back(i);
+      const uint64_t item = queue_[(queue_head_ + n) % capacity_];
+      const uint32_t i = queued_slot(item);
+      if (!seen[i] && slot(i)->flags.load(std::memory_order_relaxed) == kSlotOccupied) kept.push_back(item);
       seen[i] = true;
     }
     std::copy(kept.begin(), kept.end(), queue_.begin());
@@ -711,8 +713,7 @@ void ShardWriter::track_inserts() {
   if (queue_.empty()) queue_.assign(capacity_, 0);
 }
 
-uint64_t ShardWriter::evict_oldest(uint64_t max_looks,
-                                   const std::function<bool(const EntryMeta&)>& evict,
+uint64_t ShardWriter::evict_oldest(uint64_t max_looks, const EvictFn& evict,
                                    const std::function<bool(const EntryMeta&)>& more,
                                    bool* stopped) {
   constexpr uint64_t kAhead = 8;  // queued slots prefetched ahead of the one looked at
@@ -723,30 +724,33 @@ uint64_t ShardWriter::evict_oldest(uint64_t max_looks,
   for (; n < max_looks && queue_size_ > 0; ++n) {
     if (queue_size_ > kAhead) {
       // The entry's header, and the next slot's, which an eviction checks for empty.
-      const uint32_t ahead = queue_[(queue_head_ + kAhead) % capacity_];
+      const uint32_t ahead = queued_slot(queue_[(queue_head_ + kAhead) % capacity_]);
       __builtin_prefetch(slot(ahead), 1);
       __builtin_prefetch(slot(ahead + 1 == capacity_ ? 0 : ahead + 1), 0);
     }
-    const uint32_t i = queue_[queue_head_];
+    const uint64_t item = queue_[queue_head_];
+    const uint32_t i = queued_slot(item);
     queue_head_ = queue_head_ + 1 == capacity_ ? 0 : queue_head_ + 1;
     --queue_size_;
     LiveEntry* e = slot(i);
     if (e->flags.load(std::memory_order_relaxed) != kSlotOccupied) continue;
     const EntryMeta m = meta(e);
-    if (evict(m)) {
+    const auto updates = static_cast<uint32_t>(m.update_count);
+    if (evict(m, updates != queued_updates(item))) {
       tombstones += remove(i);
       ++evicted;
       continue;
     }
-    // Back in the queue, whether it goes on or not (at the front if it stops here).
+    // Back in the queue, whether it goes on or not: at the front, as it was, if it stops here;
+    // else at the back, as seen now.
     if (!more(m)) {
       queue_head_ = queue_head_ == 0 ? capacity_ - 1 : queue_head_ - 1;
-      queue_[queue_head_] = i;
+      queue_[queue_head_] = item;
       ++queue_size_;
       stop = true;
       break;
     }
-    queue_[(queue_head_ + queue_size_) % capacity_] = i;
+    queue_[(queue_head_ + queue_size_) % capacity_] = queue_item(i, updates);
     ++queue_size_;
   }
   bump(counters_->tombstones, tombstones);

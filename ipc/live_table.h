@@ -219,14 +219,18 @@ class ShardWriter {
   // (a whole-shard evict_if() reads every slot). With track_inserts(), every slot that
   // find_or_insert() fills is queued (a process-local queue of at most the shard's capacity,
   // allocated once). evict_oldest() then looks at up to `max_looks` queued entries from the
-  // oldest: one for which evict(meta) is true is evicted; otherwise, if more(meta) is false it
-  // stops there, else the entry is queued again at the back and it goes on. Returns the count
-  // evicted. An evicted slot becomes empty when the next slot is empty (no probe chain crosses
-  // it then), and so do the tombstones just before it; else it becomes a tombstone.
+  // oldest: one for which evict(meta, updated) is true is evicted; otherwise, if more(meta) is
+  // false it stops there, else the entry is queued again at the back and it goes on. `updated`
+  // says whether the entry was updated since it was queued (the update that follows an insert
+  // does not count), so a caller can give recently updated entries a second chance. Returns
+  // the count evicted. An evicted slot becomes empty when the next slot is empty (no probe
+  // chain crosses it then), and so do the tombstones just before it; else it becomes a
+  // tombstone.
   void track_inserts();
+  using EvictFn = std::function<bool(const EntryMeta&, bool updated)>;
   // *stopped (optional): true if it stopped at an entry or emptied the queue, false if it
   // ran out of looks.
-  uint64_t evict_oldest(uint64_t max_looks, const std::function<bool(const EntryMeta&)>& evict,
+  uint64_t evict_oldest(uint64_t max_looks, const EvictFn& evict,
                         const std::function<bool(const EntryMeta&)>& more,
                         bool* stopped = nullptr);
   // Entries in the insertion queue.
@@ -265,8 +269,14 @@ class ShardWriter {
   uint32_t view_ = 0;
   uint32_t shard_ = 0;
   uint32_t shard_count_ = 0;
-  // Insertion queue (track_inserts): slot indexes, a ring of capacity_ entries.
-  std::vector<uint32_t> queue_;
+  // Insertion queue (track_inserts): a ring of capacity_ items, each a slot index (low 32
+  // bits) and the entry's update count (low 32 bits of it) when it was queued.
+  static uint64_t queue_item(uint32_t slot, uint32_t updates) {
+    return uint64_t{updates} << 32 | slot;
+  }
+  static uint32_t queued_slot(uint64_t item) { return static_cast<uint32_t>(item); }
+  static uint32_t queued_updates(uint64_t item) { return static_cast<uint32_t>(item >> 32); }
+  std::vector<uint64_t> queue_;
   uint64_t queue_head_ = 0;
   uint64_t queue_size_ = 0;
 };

@@ -417,7 +417,8 @@ TEST(LiveTableTest, EvictOldestTakesEntriesInInsertionOrderAndStopsWhereTold) {
   for (int64_t b : order) ASSERT_NE(put(w, EntryKey{1, 0, b}, 1, 8), nullptr);
   ASSERT_NE(put(w, EntryKey{1, 0, 10}, 2, 8), nullptr);  // an update queues nothing
   EXPECT_EQ(w.queued(), order.size());
-  auto older_than_45 = [](const EntryMeta& m) { return m.key.bucket_start_ns < 45; };
+  auto older_than_45 = [](const EntryMeta& m, bool) { return m.key.bucket_start_ns < 45; };
+  auto every = [](const EntryMeta&, bool) { return true; };
   auto never = [](const EntryMeta&) { return false; };
   auto always = [](const EntryMeta&) { return true; };
   bool stopped = false;
@@ -437,13 +438,31 @@ TEST(LiveTableTest, EvictOldestTakesEntriesInInsertionOrderAndStopsWhereTold) {
   EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 50}, &v), ReadStatus::kFound);
   EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 70}, &v), ReadStatus::kFound);
   EXPECT_EQ(w.queued(), 3u);
-  EXPECT_EQ(w.evict_oldest(100, always, never, &stopped), 3u);
+  EXPECT_EQ(w.evict_oldest(100, every, never, &stopped), 3u);
   EXPECT_TRUE(stopped);
   EXPECT_EQ(w.queued(), 0u);
   const LiveViewStats s = t.tables().stats(0);
   EXPECT_EQ(s.entries_used, 0u);
   EXPECT_EQ(s.evictions, 8u);
   EXPECT_EQ(s.tombstones, 0u);  // every slot came back empty: no chain is left to bridge
+}
+
+TEST(LiveTableTest, EvictOldestTellsWhichEntriesWereUpdatedSinceTheyWereQueued) {
+  ScopedLiveName name;
+  LiveTables t = create(name, {make_spec("cpu", 8, 256, 1, 32)});
+  ShardWriter w = attach(t, 0, 0);
+  w.track_inserts();
+  for (int64_t b : {0, 10, 20}) ASSERT_NE(put(w, EntryKey{1, 0, b}, 1, 8), nullptr);
+  ASSERT_NE(put(w, EntryKey{1, 0, 0}, 2, 8), nullptr);  // 0 is updated once more
+  // A second chance: evict what was not updated since it was queued, queue the rest again.
+  auto unless_updated = [](const EntryMeta&, bool updated) { return !updated; };
+  auto always = [](const EntryMeta&) { return true; };
+  EXPECT_EQ(w.evict_oldest(3, unless_updated, always), 2u);  // 10 and 20; 0 goes to the back
+  uint64_t v = 0;
+  EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 0}, &v), ReadStatus::kFound);
+  EXPECT_EQ(w.queued(), 1u);
+  EXPECT_EQ(w.evict_oldest(1, unless_updated, always), 1u);  // not updated since requeued
+  EXPECT_EQ(read_value(t.tables(), EntryKey{1, 0, 0}, &v), ReadStatus::kNotFound);
 }
 
 TEST(LiveTableTest, EvictOldestLeavesTombstonesOnlyWhereAChainContinues) {
@@ -453,7 +472,9 @@ TEST(LiveTableTest, EvictOldestLeavesTombstonesOnlyWhereAChainContinues) {
   w.track_inserts();
   const auto k = colliding_keys(4, 32, 3);  // one chain: k[0] k[1] k[2] in consecutive slots
   for (int i = 0; i < 3; ++i) ASSERT_NE(put(w, k[i], 1, 8), nullptr);
-  auto is = [](const EntryKey& key) { return [key](const EntryMeta& m) { return m.key == key; }; };
+  auto is = [](const EntryKey& key) {
+    return [key](const EntryMeta& m, bool) { return m.key == key; };
+  };
   auto always = [](const EntryMeta&) { return true; };
   EXPECT_EQ(w.evict_oldest(3, is(k[1]), always), 1u);
   EXPECT_EQ(t.tables().stats(0).tombstones, 1u);  // bridges k[0] -> k[2]
