@@ -21,8 +21,8 @@ namespace {
 
 constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
 // Evictions look at the oldest entries of a shard (ShardWriter::evict_oldest), in proportion to
-// the inserts they make room for: kLooksPerInsert per insert (plus two per entry to evict for
-// room), at least kMinLooks per batch. Without inserts, once per kEvictEveryNs (wall time).
+// the inserts they make room for: kLooksPerInsert per insert, at least kMinLooks per batch.
+// Without inserts, once per kEvictEveryNs (wall time).
 constexpr uint64_t kLooksPerInsert = 2;
 constexpr uint64_t kMinLooks = 256;
 constexpr int64_t kEvictEveryNs = 1'000'000'000;
@@ -429,7 +429,9 @@ void SpeedPath::evict(Worker& w, bool idle) {
     const uint64_t inserts = writer.inserts();
     const uint64_t inserted = inserts - w.inserts_seen[v];
     w.inserts_seen[v] = inserts;
-    uint64_t looks = inserted * kLooksPerInsert + kMinLooks + 2 * for_room;
+    // Not more for room: looking through the queue faster than the inserts fill it would look
+    // at each entry too soon after its last look for the second chance to mean anything.
+    uint64_t looks = inserted * kLooksPerInsert + kMinLooks;
     if (idle || (periodic && !pressure)) looks = writer.queued();
     uint64_t forced = 0;
     bool stopped = true;
