@@ -84,7 +84,10 @@ struct SpeedPath::Worker {
   std::vector<ipc::ShardWriter> writers;  // per view
   std::vector<uint64_t> overflow_in_batch;  // per view
   std::vector<uint64_t> inserts_seen;       // per view: the shard's inserts() at the last eviction
-  bool evict_more = false;  // an eviction ran out of looks: evictable entries may be left
+  // Per view: the absorbed generation whose entries are all gone from this shard (a look
+  // stopped at a younger entry, or went once through the whole queue).
+  std::vector<uint64_t> absorbed_done;
+  bool evict_more = false;  // absorbed entries may be left: an idle round should look again
   std::vector<bool> view_changed;
   uint64_t events_late = 0;
   uint64_t events_overflow = 0;
@@ -157,6 +160,7 @@ Status SpeedPath::open(std::string_view batch_dir) {
     }
     w->overflow_in_batch.assign(views, 0);
     w->inserts_seen.assign(views, 0);
+    w->absorbed_done.assign(views, 0);
     for (ipc::ShardWriter& writer : w->writers) writer.track_inserts();
     w->view_changed.assign(views, false);
     for (const AggregateLayout& l : layouts_) w->scratch.resize(std::max(w->scratch.size(), l.state_bytes()));
@@ -454,7 +458,10 @@ void SpeedPath::evict(Worker& w, bool idle) {
         },
         &stopped);
     w.forced_evictions += forced;
-    w.evict_more = w.evict_more || !stopped;
+    // An idle round looks through the whole queue once, so at most one follows an absorption
+    // (under pressure a look may go on past entries it keeps, and never stop).
+    if (stopped || idle) w.absorbed_done[v] = absorbed;
+    w.evict_more = w.evict_more || w.absorbed_done[v] < absorbed;
   }
 }
 
