@@ -14,6 +14,8 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <string_view>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -46,14 +48,42 @@ void send_stream(int fd, const std::string& data) {
 
 std::atomic<int> g_instance{0};
 
-// In a forked child: becomes runnelctl with `args`.
-[[noreturn]] void exec_runnelctl(const std::vector<std::string>& args) {
+// A NULL-terminated string array for execve, built before fork(). The tests fork from several
+// threads: a child may then only make async-signal-safe calls until it execs, since another
+// thread may have held the allocator's lock at the fork and a child that allocates hangs.
+class ExecStrings {
+ public:
+  explicit ExecStrings(std::vector<std::string> strings) : strings_(std::move(strings)) {
+    for (auto& s : strings_) ptrs_.push_back(s.data());
+    ptrs_.push_back(nullptr);
+  }
+  char* const* get() const { return ptrs_.data(); }
+
+ private:
+  std::vector<std::string> strings_;
+  std::vector<char*> ptrs_;
+};
+
+// This process's environment with `overrides` set ("KEY=value" each).
+ExecStrings environment_with(const std::map<std::string, std::string>& overrides) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    if (!overrides.contains(std::string(entry.substr(0, entry.find('='))))) env.emplace_back(entry);
+  }
+  for (const auto& [k, v] : overrides) env.push_back(k + "=" + v);
+  return ExecStrings(std::move(env));
+}
+
+ExecStrings runnelctl_argv(const std::vector<std::string>& args) {
   std::vector<std::string> a = {RUNNELCTL_PATH};
   a.insert(a.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& s : a) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  execv(argv[0], argv.data());
+  return ExecStrings(std::move(a));
+}
+
+// In a forked child: becomes `argv` (async-signal-safe calls only).
+[[noreturn]] void exec(const ExecStrings& argv, const ExecStrings& env) {
+  execve(argv.get()[0], argv.get(), env.get());
   _exit(127);
 }
 
@@ -126,6 +156,10 @@ void Runneld::start(const std::string& config_toml, const std::vector<std::strin
                                    "--listen", "udp://127.0.0.1:" + std::to_string(udp_port_),
                                    "--listen", "unix://" + unix_path_};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
+  const ExecStrings argv(std::move(args));
+  std::map<std::string, std::string> overrides = env;
+  overrides["NOTIFY_SOCKET"] = notify_path_;
+  const ExecStrings envp = environment_with(overrides);
   pid_t pid = fork();
   check(pid >= 0, "fork");
   if (pid == 0) {
@@ -134,13 +168,7 @@ void Runneld::start(const std::string& config_toml, const std::vector<std::strin
       dup2(err, 2);
       dup2(err, 1);
     }
-    setenv("NOTIFY_SOCKET", notify_path_.c_str(), 1);
-    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
+    exec(argv, envp);
   }
   pid_ = pid;
 }
@@ -281,13 +309,15 @@ void send_udp(uint16_t port, const std::vector<std::string>& datagrams) {
 std::string run_runnelctl(const std::vector<std::string>& args, int* exit_code) {
   int pipefd[2];
   check(pipe(pipefd) == 0, "pipe");
+  const ExecStrings argv = runnelctl_argv(args);
+  const ExecStrings envp = environment_with({});
   pid_t pid = fork();
   check(pid >= 0, "fork");
   if (pid == 0) {
     dup2(pipefd[1], 1);
     close(pipefd[0]);
     close(pipefd[1]);
-    exec_runnelctl(args);
+    exec(argv, envp);
   }
   close(pipefd[1]);
   std::string out;
@@ -318,6 +348,8 @@ RunnelctlProcess::RunnelctlProcess(const std::vector<std::string>& args) {
          ("runnelctl-e2e-" + std::to_string(getpid()) + "-" + std::to_string(n++));
   std::filesystem::create_directories(dir_);
   const std::string out = (dir_ / "stdout").string(), err = (dir_ / "stderr").string();
+  const ExecStrings argv = runnelctl_argv(args);
+  const ExecStrings envp = environment_with({});
   pid_t pid = fork();
   check(pid >= 0, "fork");
   if (pid == 0) {
@@ -326,7 +358,7 @@ RunnelctlProcess::RunnelctlProcess(const std::vector<std::string>& args) {
     if (o < 0 || e < 0) _exit(126);
     dup2(o, 1);
     dup2(e, 2);
-    exec_runnelctl(args);
+    exec(argv, envp);
   }
   pid_ = pid;
 }
