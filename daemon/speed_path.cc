@@ -526,7 +526,7 @@ void SpeedPath::fold_batch(tbb::task_arena& arena) {
     late += w->events_late;
     overflow += w->events_overflow;
     forced += w->forced_evictions;
-    evict_pending_ = evict_pending_ || (absorbing_ && w->evict_more);
+    evict_pending_ = evict_pending_ || w->evict_more;
     w->events_late = w->events_overflow = w->forced_evictions = 0;
   }
   const int64_t capped = std::min(max_ts, realtime_ns() + kFutureSkewNs);

@@ -31,7 +31,7 @@ namespace runnel {
 // dictionary, and sorts the row updates into one outbox per destination shard (the shard of
 // the row id; model/view_router.h keeps all fields of a group in one shard). Apply: worker s
 // folds the updates of every outbox for shard s, in batch order, into its shard of each view,
-// then sweeps a part of the shard for evictions. So no two workers ever write one entry, and
+// then evicts from the shard's oldest entries. So no two workers ever write one entry, and
 // no lock is taken. Ring space is released after every shard finished the batch.
 class SpeedPath {
  public:

@@ -654,53 +654,28 @@ int64_t ShardWriter::remove(uint64_t i) {
 }
 
 uint64_t ShardWriter::evict_if(const std::function<bool(const EntryMeta&)>& pred) {
-  // Walking backwards from an empty slot (if there is one), a slot's next slot has been
-  // visited already, so every tombstone run that ends at an empty slot empties in one pass.
-  uint64_t start = 0;
-  for (uint64_t i = 0; i < capacity_; ++i) {
-    if (slot(i)->flags.load(std::memory_order_relaxed) == kSlotEmpty) {
-      start = i;
-      break;
-    }
-  }
+  // remove() keeps every tombstone followed by a non-empty slot, whatever the order of the
+  // evictions, so one pass in slot order leaves no tombstone that bridges nothing.
   uint64_t evicted = 0;
   int64_t tombstones = 0;
-  for (uint64_t n = 0, i = start; n < capacity_; ++n, i = i == 0 ? capacity_ - 1 : i - 1) {
+  for (uint64_t i = 0; i < capacity_; ++i) {
     LiveEntry* e = slot(i);
-    const uint32_t flags = e->flags.load(std::memory_order_relaxed);
-    if (flags == kSlotOccupied && pred(meta(e))) {
+    if (e->flags.load(std::memory_order_relaxed) == kSlotOccupied && pred(meta(e))) {
       tombstones += remove(i);
       ++evicted;
     }
   }
-  // Tombstones left before an empty slot by earlier evictions.
-  for (uint64_t i = 0; i < capacity_; ++i) {
-    const uint64_t next = i + 1 == capacity_ ? 0 : i + 1;
-    if (next != i && slot(i)->flags.load(std::memory_order_relaxed) == kSlotTombstone &&
-        slot(next)->flags.load(std::memory_order_relaxed) == kSlotEmpty) {
-      set_flags(slot(i), kSlotEmpty);
-      --tombstones;
-      for (uint64_t k = i == 0 ? capacity_ - 1 : i - 1; k != i; k = k == 0 ? capacity_ - 1 : k - 1) {
-        if (slot(k)->flags.load(std::memory_order_relaxed) != kSlotTombstone) break;
-        set_flags(slot(k), kSlotEmpty);
-        --tombstones;
-      }
-    }
-  }
   bump(counters_->tombstones, tombstones);
   if (queue_size_ > 0) {
-    // Drop queued slots that no longer hold an entry (or were refilled: queued twice).
-    std::vector<uint64_t> kept;
-    std::vector<bool> seen(capacity_, false);
+    // Drop the queued slots it emptied (each occupied slot is queued once).
+    uint64_t kept = 0;
     for (uint64_t n = 0; n < queue_size_; ++n) {
       const uint64_t item = queue_[(queue_head_ + n) % capacity_];
-      const uint32_t i = queued_slot(item);
-      if (!seen[i] && slot(i)->flags.load(std::memory_order_relaxed) == kSlotOccupied) kept.push_back(item);
-      seen[i] = true;
+      if (slot(queued_slot(item))->flags.load(std::memory_order_relaxed) == kSlotOccupied) {
+        queue_[(queue_head_ + kept++) % capacity_] = item;
+      }
     }
-    std::copy(kept.begin(), kept.end(), queue_.begin());
-    queue_head_ = 0;
-    queue_size_ = kept.size();
+    queue_size_ = kept;
   }
   return evicted;
 }

@@ -210,9 +210,9 @@ class ShardWriter {
   EntryMeta meta(const LiveEntry* e) const;
 
   // Evicts every occupied entry of the shard for which pred(meta) is true (e.g. a bucket older
-  // than the live window, or last_pos below the batch watermark), leaving tombstones so probe
-  // chains stay intact, then turns tombstones that end a chain back into empty slots. Readers
-  // racing with it see each entry either consistent or not found. Returns the count evicted.
+  // than the live window, or last_pos below the batch watermark), leaving tombstones only where
+  // a probe chain may continue past them (see evict_oldest). Readers racing with it see each
+  // entry either consistent or not found. Returns the count evicted.
   uint64_t evict_if(const std::function<bool(const EntryMeta&)>& pred);
 
   // Eviction in insertion order, whose cost follows the inserts rather than the shard's size
@@ -254,7 +254,8 @@ class ShardWriter {
   void set_flags(LiveEntry* e, uint32_t flags);
   void release();
   // Evicts the occupied slot i (tombstone, or empty with the tombstones before it); returns
-  // the tombstones added (1, or minus those emptied).
+  // the tombstones added (1, or minus those emptied). Every eviction goes through here, so a
+  // tombstone is never followed by an empty slot.
   int64_t remove(uint64_t i);
 
   ViewDescriptor* desc_ = nullptr;
