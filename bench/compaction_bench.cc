@@ -16,7 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
-#include "bench/w1.h"
+#include "bench/w1_record.h"
 #include "ipc/ring_layout.h"
 #include "model/generation.h"
 #include "model/line_protocol.h"
@@ -60,14 +60,10 @@ uint64_t write_log(const fs::path& dir, uint64_t events, uint64_t segment_bytes)
   const uint64_t epoch = runnel::make_ring_epoch(1, runnel::kGenerationShift);
   runnel::LineParser parser;
   std::vector<std::byte> record;
-  char line[runnel::bench::kMaxLineBytes];
   uint64_t pos = 0;
   for (uint64_t i = 0; i < events; ++i) {
-    char* end = runnel::bench::write_w1_line(i, runnel::bench::kDefaultStartTsNs, line);
     const char* reason = "";
-    const auto parsed = parser.parse(std::string_view(line, static_cast<size_t>(end - line - 1)), {}, 0,
-                                     &record, &reason);
-    if (parsed != runnel::ParseError::kOk) {
+    if (runnel::bench::w1_record(i, parser, &record, &reason) != runnel::ParseError::kOk) {
       die("parse W1 line " + std::to_string(i), Status::Invalid(reason));
     }
     Status s = (*writer)->append(epoch, pos, record);

@@ -14,7 +14,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
-#include "bench/w1.h"
+#include "bench/w1_record.h"
 #include "daemon/config.h"
 #include "daemon/speed_path.h"
 #include "ipc/live_table.h"
@@ -45,14 +45,10 @@ Records build(uint64_t events) {
   Records r;
   LineParser parser;
   std::vector<std::byte> record;
-  char line[bench::kMaxLineBytes];
   r.ends.reserve(events);
   for (uint64_t i = 0; i < events; ++i) {
-    char* end = bench::write_w1_line(i, bench::kDefaultStartTsNs, line);
     const char* reason = "";
-    // Without the newline: the parser takes one line.
-    if (parser.parse(std::string_view(line, static_cast<size_t>(end - line - 1)), {}, 0, &record,
-                     &reason) != ParseError::kOk) {
+    if (bench::w1_record(i, parser, &record, &reason) != ParseError::kOk) {
       throw std::runtime_error(std::string("W1 line does not parse: ") + reason);
     }
     r.bytes.insert(r.bytes.end(), record.begin(), record.end());
