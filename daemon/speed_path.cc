@@ -339,7 +339,7 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
   // computed once, at the prefetch, into a ring of kPrefetchAhead.
   struct Prepared {
     ipc::EntryKey keys[ViewDef::kMaxWidths];
-    uint64_t homes[ViewDef::kMaxWidths];
+    ipc::ShardWriter::Home homes[ViewDef::kMaxWidths];
     uint32_t count;
   };
   Prepared ahead[kPrefetchAhead];

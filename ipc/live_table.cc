@@ -239,16 +239,13 @@ Status validate(const ShmObject& shm) {
 
 }  // namespace
 
-uint64_t home_slot(uint64_t series_id, uint32_t width_index, int64_t bucket_start_ns,
-                   uint64_t shard_capacity) {
+uint64_t key_hash(uint64_t series_id, uint32_t width_index, int64_t bucket_start_ns) {
   unsigned char key[24];
   const uint64_t width = width_index;
   std::memcpy(key, &series_id, 8);
   std::memcpy(key + 8, &bucket_start_ns, 8);
   std::memcpy(key + 16, &width, 8);
-  const uint64_t h = XXH3_64bits(key, sizeof key);
-  __extension__ typedef unsigned __int128 U128;
-  return static_cast<uint64_t>((static_cast<U128>(h) * shard_capacity) >> 64);
+  return XXH3_64bits(key, sizeof key);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,7 +468,19 @@ ShardWriter::ShardWriter(const LiveTablesView& tables, uint32_t view, uint32_t s
       max_probe_(desc_->max_probe),
       view_(view),
       shard_(shard),
-      shard_count_(desc_->shard_count) {}
+      shard_count_(desc_->shard_count),
+      ctrl_(capacity_, kCtrlEmpty) {
+  // Relaxed: the shard's writers hand it over through claim_ (acquire in attach_writer).
+  for (uint64_t i = 0; i < capacity_; ++i) {
+    const LiveEntry* e = slot(i);
+    const uint32_t flags = e->flags.load(std::memory_order_relaxed);
+    if (flags == kSlotTombstone) ctrl_[i] = kCtrlTombstone;
+    if (flags != kSlotOccupied) continue;
+    ctrl_[i] = tag_of(key_hash(e->series_id.load(std::memory_order_relaxed),
+                               e->width_index.load(std::memory_order_relaxed),
+                               e->bucket_start_ns.load(std::memory_order_relaxed)));
+  }
+}
 
 ShardWriter::ShardWriter(ShardWriter&& other) noexcept { *this = std::move(other); }
 
@@ -493,6 +502,7 @@ ShardWriter& ShardWriter::operator=(ShardWriter&& other) noexcept {
     queue_ = std::move(other.queue_);
     queue_head_ = other.queue_head_;
     queue_size_ = other.queue_size_;
+    ctrl_ = std::move(other.ctrl_);
   }
   return *this;
 }
@@ -564,64 +574,84 @@ EntryMeta ShardWriter::meta(const LiveEntry* e) const {
   return m;
 }
 
-uint64_t ShardWriter::home(const EntryKey& key) const {
-  return home_slot(key.series_id, key.width_index, key.bucket_start_ns, capacity_);
+ShardWriter::Home ShardWriter::home(const EntryKey& key) const {
+  const uint64_t h = key_hash(key.series_id, key.width_index, key.bucket_start_ns);
+  return {slot_of_hash(h, capacity_), tag_of(h)};
 }
 
-void ShardWriter::prefetch(uint64_t home) const {
-  // An entry may straddle two cache lines: load both (for writing).
-  const std::byte* e = entries_ + home * entry_bytes_;
+uint64_t ShardWriter::probe_index(Home home) const {
+  if (home.slot >= capacity_) return capacity_;
+  uint64_t free_slot = capacity_;
+  uint64_t i = home.slot;
+  for (uint32_t n = 0; n < max_probe_; ++n, i = next(i)) {
+    const uint8_t c = ctrl_[i];
+    if (c == home.tag) return i;
+    if (c >= kCtrlOccupied) continue;
+    if (free_slot == capacity_) free_slot = i;
+    if (c == kCtrlEmpty) break;  // the end of every chain through here
+  }
+  return free_slot;
+}
+
+void ShardWriter::prefetch(Home home) const {
+  const uint64_t i = probe_index(home);
+  if (i == capacity_) return;
+  // An entry may span two cache lines: load both (for writing).
+  const std::byte* e = entries_ + i * entry_bytes_;
   __builtin_prefetch(e, 1);
   __builtin_prefetch(e + entry_bytes_ - 1, 1);
 }
 
-LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, uint64_t home) {
+LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, Home home) {
   if (key.series_id % shard_count_ != shard_ || key.width_index >= desc_->width_count ||
-      home >= capacity_)
+      home.slot >= capacity_)
     return nullptr;
-  uint64_t i = home;
-  LiveEntry* free_slot = nullptr;
-  for (uint32_t n = 0; n < max_probe_; ++n) {
-    LiveEntry* e = slot(i);
-    // Relaxed: this thread is the shard's only writer and reads its own stores.
-    const uint32_t flags = e->flags.load(std::memory_order_relaxed);
-    if (flags == kSlotOccupied) {
+  // The slot index holds the flags of every slot (see ctrl_): entries are read only where
+  // the tag matches.
+  uint64_t i = home.slot;
+  uint64_t free_slot = capacity_;
+  for (uint32_t n = 0; n < max_probe_; ++n, i = next(i)) {
+    const uint8_t c = ctrl_[i];
+    if (c == home.tag) {
+      LiveEntry* e = slot(i);
+      // Relaxed: this thread is the shard's only writer and reads its own stores.
       if (e->series_id.load(std::memory_order_relaxed) == key.series_id &&
           e->bucket_start_ns.load(std::memory_order_relaxed) == key.bucket_start_ns &&
           e->width_index.load(std::memory_order_relaxed) == key.width_index &&
           e->generation.load(std::memory_order_relaxed) == key.generation)
         return e;
-    } else if (free_slot == nullptr) {
-      free_slot = e;
+      continue;
     }
-    if (flags == kSlotEmpty) break;  // the end of every chain through here
-    if (++i == capacity_) i = 0;
+    if (c >= kCtrlOccupied) continue;
+    if (free_slot == capacity_) free_slot = i;
+    if (c == kCtrlEmpty) break;  // the end of every chain through here
   }
-  if (free_slot == nullptr) return nullptr;
-  const bool reused = free_slot->flags.load(std::memory_order_relaxed) == kSlotTombstone;
-  begin_write(free_slot);
+  if (free_slot == capacity_) return nullptr;
+  LiveEntry* const e = slot(free_slot);
+  const bool reused = ctrl_[free_slot] == kCtrlTombstone;
+  begin_write(e);
   // Relaxed: published by end_write().
-  free_slot->series_id.store(key.series_id, std::memory_order_relaxed);
-  free_slot->bucket_start_ns.store(key.bucket_start_ns, std::memory_order_relaxed);
-  free_slot->width_index.store(key.width_index, std::memory_order_relaxed);
-  free_slot->flags.store(kSlotOccupied, std::memory_order_relaxed);
-  free_slot->first_pos.store(0, std::memory_order_relaxed);
-  free_slot->last_pos.store(0, std::memory_order_relaxed);
-  free_slot->update_count.store(0, std::memory_order_relaxed);
-  free_slot->generation.store(key.generation, std::memory_order_relaxed);
-  store_state(free_slot, std::span<const std::byte>(initial_state_, state_bytes_));
-  end_write(free_slot);
+  e->series_id.store(key.series_id, std::memory_order_relaxed);
+  e->bucket_start_ns.store(key.bucket_start_ns, std::memory_order_relaxed);
+  e->width_index.store(key.width_index, std::memory_order_relaxed);
+  e->flags.store(kSlotOccupied, std::memory_order_relaxed);
+  e->first_pos.store(0, std::memory_order_relaxed);
+  e->last_pos.store(0, std::memory_order_relaxed);
+  e->update_count.store(0, std::memory_order_relaxed);
+  e->generation.store(key.generation, std::memory_order_relaxed);
+  store_state(e, std::span<const std::byte>(initial_state_, state_bytes_));
+  end_write(e);
+  ctrl_[free_slot] = home.tag;
   bump(counters_->entries_used, 1);
   bump(counters_->inserts, 1);
   if (reused) bump(counters_->tombstones, -1);
   if (!queue_.empty() && queue_size_ < capacity_) {
     // Never full: a queued slot is occupied, and each occupied slot is queued once.
     // Queued as seen with one update: the update that follows the insert is no news.
-    queue_[(queue_head_ + queue_size_) % capacity_] = queue_item(
-        static_cast<uint32_t>((reinterpret_cast<std::byte*>(free_slot) - entries_) / entry_bytes_), 1);
+    queue_[(queue_head_ + queue_size_) % capacity_] = queue_item(static_cast<uint32_t>(free_slot), 1);
     ++queue_size_;
   }
-  return free_slot;
+  return e;
 }
 
 void ShardWriter::set_flags(LiveEntry* e, uint32_t flags) {
@@ -631,23 +661,22 @@ void ShardWriter::set_flags(LiveEntry* e, uint32_t flags) {
 }
 
 int64_t ShardWriter::remove(uint64_t i) {
-  // Relaxed flag loads: this thread is the shard's only writer and reads its own stores.
-  auto empty = [&](uint64_t k) { return slot(k)->flags.load(std::memory_order_relaxed) == kSlotEmpty; };
-  const uint64_t next = i + 1 == capacity_ ? 0 : i + 1;
   bump(counters_->entries_used, -1);
   bump(counters_->evictions, 1);
-  if (next == i || !empty(next)) {
+  if (next(i) == i || ctrl_[next(i)] != kCtrlEmpty) {
     set_flags(slot(i), kSlotTombstone);
+    ctrl_[i] = kCtrlTombstone;
     return 1;
   }
   // No chain crosses a slot whose next slot is empty; then none crosses the tombstones just
   // before it either.
   set_flags(slot(i), kSlotEmpty);
+  ctrl_[i] = kCtrlEmpty;
   int64_t emptied = 0;
   for (uint64_t k = i == 0 ? capacity_ - 1 : i - 1; k != i; k = k == 0 ? capacity_ - 1 : k - 1) {
-    LiveEntry* e = slot(k);
-    if (e->flags.load(std::memory_order_relaxed) != kSlotTombstone) break;
-    set_flags(e, kSlotEmpty);
+    if (ctrl_[k] != kCtrlTombstone) break;
+    set_flags(slot(k), kSlotEmpty);
+    ctrl_[k] = kCtrlEmpty;
     ++emptied;
   }
   return -emptied;
@@ -659,8 +688,7 @@ uint64_t ShardWriter::evict_if(const std::function<bool(const EntryMeta&)>& pred
   uint64_t evicted = 0;
   int64_t tombstones = 0;
   for (uint64_t i = 0; i < capacity_; ++i) {
-    LiveEntry* e = slot(i);
-    if (e->flags.load(std::memory_order_relaxed) == kSlotOccupied && pred(meta(e))) {
+    if (ctrl_[i] >= kCtrlOccupied && pred(meta(slot(i)))) {
       tombstones += remove(i);
       ++evicted;
     }
@@ -671,7 +699,7 @@ uint64_t ShardWriter::evict_if(const std::function<bool(const EntryMeta&)>& pred
     uint64_t kept = 0;
     for (uint64_t n = 0; n < queue_size_; ++n) {
       const uint64_t item = queue_[(queue_head_ + n) % capacity_];
-      if (slot(queued_slot(item))->flags.load(std::memory_order_relaxed) == kSlotOccupied) {
+      if (ctrl_[queued_slot(item)] >= kCtrlOccupied) {
         queue_[(queue_head_ + kept++) % capacity_] = item;
       }
     }
@@ -698,18 +726,15 @@ uint64_t ShardWriter::evict_oldest(uint64_t max_looks, const EvictFn& evict,
   uint64_t n = 0;
   for (; n < max_looks && queue_size_ > 0; ++n) {
     if (queue_size_ > kAhead) {
-      // The entry's header, and the next slot's, which an eviction checks for empty.
-      const uint32_t ahead = queued_slot(queue_[(queue_head_ + kAhead) % capacity_]);
-      __builtin_prefetch(slot(ahead), 1);
-      __builtin_prefetch(slot(ahead + 1 == capacity_ ? 0 : ahead + 1), 0);
+      // The entry's header (whether the next slot is empty, the slot index says).
+      __builtin_prefetch(slot(queued_slot(queue_[(queue_head_ + kAhead) % capacity_])), 1);
     }
     const uint64_t item = queue_[queue_head_];
     const uint32_t i = queued_slot(item);
     queue_head_ = queue_head_ + 1 == capacity_ ? 0 : queue_head_ + 1;
     --queue_size_;
-    LiveEntry* e = slot(i);
-    if (e->flags.load(std::memory_order_relaxed) != kSlotOccupied) continue;
-    const EntryMeta m = meta(e);
+    if (ctrl_[i] < kCtrlOccupied) continue;
+    const EntryMeta m = meta(slot(i));
     const auto updates = static_cast<uint32_t>(m.update_count);
     if (evict(m, updates != queued_updates(item))) {
       tombstones += remove(i);

@@ -164,7 +164,8 @@ class LiveTablesView {
 // The writer of one shard of one view, from LiveTables::attach_writer. REQUIRES: one thread at
 // a time (the speed worker that owns the shard); readers may run concurrently in any thread or
 // process. Move-only; releases the shard on destruction. No call takes a lock; none allocates
-// but track_inserts() (its queue, once) and evict_if() while inserts are tracked.
+// but attach (the slot index, one byte per slot), track_inserts() (its queue, once) and
+// evict_if() while inserts are tracked.
 // Pointers it returns stay valid (the slot stays put) until evict_if() or evict_oldest() runs
 // on this shard. The LiveTables it came from must outlive it.
 class ShardWriter {
@@ -178,17 +179,24 @@ class ShardWriter {
   uint32_t view() const { return view_; }
   uint32_t shard() const { return shard_; }
 
+  // Where a key's probe starts: its home slot (home_slot() of the layout) and its tag in the
+  // writer's slot index (see ctrl_).
+  struct Home {
+    uint64_t slot;
+    uint8_t tag;
+  };
+
   // The entry of `key` (whose series_id must map to this shard), inserted from the view's
   // initial state with update_count 0 if absent. nullptr when no slot within the probe bound is
   // free (the shard is full, or the key's chain is): count it with add_overflow().
   LiveEntry* find_or_insert(const EntryKey& key) { return find_or_insert(key, home(key)); }
   // The same, with `home` = home(key) computed once for prefetch() and this call.
-  LiveEntry* find_or_insert(const EntryKey& key, uint64_t home);
-  // The key's home slot in this shard (home_slot() of the layout).
-  uint64_t home(const EntryKey& key) const;
-  // Starts loading the entry in slot `home` into the cache, so that several lookups' memory
+  LiveEntry* find_or_insert(const EntryKey& key, Home home);
+  Home home(const EntryKey& key) const;
+  // Starts loading the entry that find_or_insert(key, home) will return as things stand (the
+  // match, else the slot an insert takes) into the cache, so that several lookups' memory
   // latencies overlap (the table is far larger than the caches).
-  void prefetch(uint64_t home) const;
+  void prefetch(Home home) const;
 
   // Brackets every change to an entry. begin_write makes seq odd (relaxed store) and then issues
   // a release fence, which pairs with the reader's acquire fence before its second seq load: a
@@ -280,6 +288,21 @@ class ShardWriter {
   std::vector<uint64_t> queue_;
   uint64_t queue_head_ = 0;
   uint64_t queue_size_ = 0;
+  // The slot index: one byte per slot of the shard, process-local, kept by this writer next to
+  // every flags change: kCtrlEmpty, kCtrlTombstone, or kCtrlOccupied | 7 bits of the key's
+  // hash. A probe reads it (a few hundred KiB, cache-resident) instead of the entries (64 MB,
+  // one cache miss each), and reads an entry's key only when its tag matches (1 in 128 for
+  // another key). Built from the entries' flags at attach; readers in other processes probe
+  // the entries themselves.
+  static constexpr uint8_t kCtrlEmpty = 0;
+  static constexpr uint8_t kCtrlTombstone = 1;
+  static constexpr uint8_t kCtrlOccupied = 0x80;
+  static uint8_t tag_of(uint64_t hash) { return static_cast<uint8_t>(kCtrlOccupied | (hash & 0x7f)); }
+  uint64_t next(uint64_t i) const { return i + 1 == capacity_ ? 0 : i + 1; }
+  // The slot find_or_insert(key with this home) would return as things stand, by the slot
+  // index alone: the first with a matching tag, else the first free one; capacity_ if none.
+  uint64_t probe_index(Home home) const;
+  std::vector<uint8_t> ctrl_;
 };
 
 // The daemon's read-write mapping: creates "/dev/shm/<shm_name>.live" at start-up and hands out

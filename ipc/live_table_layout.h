@@ -246,10 +246,18 @@ constexpr uint64_t view_area_bytes(uint32_t shard_count, uint32_t state_bytes,
 // Keys hold bucket starts as model/clock.h computes them.
 using ::runnel::bucket_start;
 
-// Home slot of a key in a shard of `shard_capacity` slots: XXH3-64 (seed 0) of the 24 bytes
-// series_id (u64), bucket_start_ns (i64), width_index (as u64), little-endian, mapped onto
-// [0, shard_capacity) by multiply-high. Part of the layout: every reader computes the same.
-uint64_t home_slot(uint64_t series_id, uint32_t width_index, int64_t bucket_start_ns,
-                   uint64_t shard_capacity);
+// Home slot of a key in a shard of `shard_capacity` slots: key_hash(), XXH3-64 (seed 0) of the
+// 24 bytes series_id (u64), bucket_start_ns (i64), width_index (as u64), little-endian, mapped
+// onto [0, shard_capacity) by multiply-high (slot_of_hash). Part of the layout: every reader
+// computes the same.
+uint64_t key_hash(uint64_t series_id, uint32_t width_index, int64_t bucket_start_ns);
+constexpr uint64_t slot_of_hash(uint64_t hash, uint64_t shard_capacity) {
+  __extension__ typedef unsigned __int128 U128;
+  return static_cast<uint64_t>((static_cast<U128>(hash) * shard_capacity) >> 64);
+}
+inline uint64_t home_slot(uint64_t series_id, uint32_t width_index, int64_t bucket_start_ns,
+                          uint64_t shard_capacity) {
+  return slot_of_hash(key_hash(series_id, width_index, bucket_start_ns), shard_capacity);
+}
 
 }  // namespace runnel::ipc

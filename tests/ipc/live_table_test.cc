@@ -407,6 +407,36 @@ TEST(LiveTableTest, TombstonesThatEndAChainBecomeEmptySlotsAgain) {
   EXPECT_EQ(s.evictions, 3u);
 }
 
+TEST(LiveTableTest, AWriterAttachedToAShardWithEntriesFindsThemAndKeepsTheirChains) {
+  // The writer's slot index is built from the entries at attach: a later writer of the shard
+  // updates the keys there (no duplicates), passes tombstones, and reuses them.
+  ScopedLiveName name;
+  LiveTables t = create(name, {make_spec("cpu", 8, 32, 1, 8)});
+  const auto k = colliding_keys(4, 32, 4);
+  LiveEntry* first[3];
+  {
+    ShardWriter w = attach(t, 0, 0);
+    for (int i = 0; i < 3; ++i) ASSERT_NE(first[i] = put(w, k[i], 1 + i, 8), nullptr);
+    w.evict_if([&](const EntryMeta& m) { return m.key == k[1]; });  // a tombstone: k0 -> k2
+  }
+  ShardWriter w = attach(t, 0, 0);
+  EXPECT_EQ(put(w, k[0], 10, 8), first[0]);
+  EXPECT_EQ(put(w, k[2], 12, 8), first[2]);
+  EXPECT_EQ(put(w, k[3], 13, 8), first[1]);  // takes the tombstone's slot
+  const LiveViewStats s = t.tables().stats(0);
+  EXPECT_EQ(s.entries_used, 3u);
+  EXPECT_EQ(s.tombstones, 0u);
+  uint64_t v = 0;
+  EXPECT_EQ(read_value(t.tables(), k[2], &v), ReadStatus::kFound);
+  EXPECT_EQ(v, 12u);
+  // Evicting the chain's end empties its slot, and the one before it once that is evicted.
+  w.evict_if([&](const EntryMeta& m) { return m.key == k[2]; });
+  w.evict_if([&](const EntryMeta& m) { return m.key == k[3]; });
+  EXPECT_EQ(t.tables().stats(0).tombstones, 0u);
+  EXPECT_EQ(read_value(t.tables(), k[0], &v), ReadStatus::kFound);
+  EXPECT_EQ(v, 10u);
+}
+
 TEST(LiveTableTest, EvictOldestTakesEntriesInInsertionOrderAndStopsWhereTold) {
   ScopedLiveName name;
   LiveTables t = create(name, {make_spec("cpu", 8, 256, 1, 32)});
