@@ -23,6 +23,7 @@
 #include "ipc/stats.h"
 #include "model/line_protocol.h"
 #include "model/record.h"
+#include "model/view.h"
 
 namespace {
 
@@ -127,7 +128,7 @@ struct SpeedRun : Run {
 };
 
 SpeedRun speed(const Records& records, uint64_t ring_bytes, uint32_t workers, uint64_t capacity,
-               uint32_t batch_records) {
+               uint32_t batch_records, const std::vector<int64_t>& widths_ns) {
   const std::string name = shm_name("speed");
   remove_all(name);
   ConfigOverrides overrides;
@@ -135,6 +136,7 @@ SpeedRun speed(const Records& records, uint64_t ring_bytes, uint32_t workers, ui
   Config config = load_config(std::nullopt, overrides);
   config.speed_workers = workers;
   if (capacity != 0) config.views.front().capacity = capacity;
+  if (!widths_ns.empty()) config.views.front().widths_ns = widths_ns;
   if (batch_records != 0) config.speed_batch_records = batch_records;
   auto ring = make_ring(name, ring_bytes);
   if (!ring.ok()) throw std::runtime_error(ring.status().ToString());
@@ -176,14 +178,27 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers, "speed.workers (power of two)")->capture_default_str();
   app.add_option("--capacity", capacity, "the default view's capacity, entries (0: its default)");
   app.add_option("--batch-records", batch_records, "speed.batch_records (0: the default)");
+  std::vector<std::string> widths;
+  app.add_option("--widths", widths, "the default view's bucket widths instead of 1s,1m,1h (e.g. 1s)")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
+  std::vector<int64_t> widths_ns;
+  for (const std::string& w : widths) {
+    auto ns = parse_duration_ns(w);
+    if (!ns.ok() || *ns <= 0) {
+      fmt::print(stderr, "runnel-speed-bench: --widths: '{}' is not a positive duration\n", w);
+      return 2;
+    }
+    widths_ns.push_back(*ns);
+  }
   try {
     const Records records = build(events);
     const Run base = baseline(records, ring_mib << 20);
-    const SpeedRun run = speed(records, ring_mib << 20, workers, capacity, batch_records);
+    const SpeedRun run = speed(records, ring_mib << 20, workers, capacity, batch_records, widths_ns);
     const double n = static_cast<double>(events);
-    fmt::print("runnel speed path, workload W1, default view: {} events, {} workers, ring {} MiB\n",
-               events, workers, ring_mib);
+    fmt::print("runnel speed path, workload W1, default view{}: {} events, {} workers, ring {} MiB\n",
+               widths.empty() ? "" : fmt::format(" (widths {})", fmt::join(widths, ",")), events,
+               workers, ring_mib);
     fmt::print("baseline: ring read + validate   {:>10.0f} events/s  cpu {:.3f} s per 1M events\n",
                n / base.wall_s, base.cpu_s / (n / 1e6));
     fmt::print("SpeedPath into the live tables   {:>10.0f} events/s  cpu {:.3f} s per 1M events"
