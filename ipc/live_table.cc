@@ -579,25 +579,12 @@ ShardWriter::Home ShardWriter::home(const EntryKey& key) const {
   return {slot_of_hash(h, capacity_), tag_of(h)};
 }
 
-uint64_t ShardWriter::probe_index(Home home) const {
-  if (home.slot >= capacity_) return capacity_;
-  uint64_t free_slot = capacity_;
-  uint64_t i = home.slot;
-  for (uint32_t n = 0; n < max_probe_; ++n, i = next(i)) {
-    const uint8_t c = ctrl_[i];
-    if (c == home.tag) return i;
-    if (c >= kCtrlOccupied) continue;
-    if (free_slot == capacity_) free_slot = i;
-    if (c == kCtrlEmpty) break;  // the end of every chain through here
-  }
-  return free_slot;
-}
-
 void ShardWriter::prefetch(Home home) const {
-  const uint64_t i = probe_index(home);
-  if (i == capacity_) return;
-  // An entry may span two cache lines: load both (for writing).
-  const std::byte* e = entries_ + i * entry_bytes_;
+  if (home.slot >= capacity_) return;
+  // The home slot's tag, and its entry: where the probe starts, and most often ends (the table
+  // is kept under half full). An entry may span two cache lines: load both (for writing).
+  __builtin_prefetch(&ctrl_[home.slot]);
+  const std::byte* e = entries_ + home.slot * entry_bytes_;
   __builtin_prefetch(e, 1);
   __builtin_prefetch(e + entry_bytes_ - 1, 1);
 }

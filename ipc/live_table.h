@@ -193,9 +193,9 @@ class ShardWriter {
   // The same, with `home` = home(key) computed once for prefetch() and this call.
   LiveEntry* find_or_insert(const EntryKey& key, Home home);
   Home home(const EntryKey& key) const;
-  // Starts loading the entry that find_or_insert(key, home) will return as things stand (the
-  // match, else the slot an insert takes) into the cache, so that several lookups' memory
-  // latencies overlap (the table is far larger than the caches).
+  // Starts loading the key's home slot (its entry and its byte of the slot index) into the
+  // cache, so that several lookups' memory latencies overlap (the table is far larger than the
+  // caches).
   void prefetch(Home home) const;
 
   // Brackets every change to an entry. begin_write makes seq odd (relaxed store) and then issues
@@ -299,9 +299,6 @@ class ShardWriter {
   static constexpr uint8_t kCtrlOccupied = 0x80;
   static uint8_t tag_of(uint64_t hash) { return static_cast<uint8_t>(kCtrlOccupied | (hash & 0x7f)); }
   uint64_t next(uint64_t i) const { return i + 1 == capacity_ ? 0 : i + 1; }
-  // The slot find_or_insert(key with this home) would return as things stand, by the slot
-  // index alone: the first with a matching tag, else the first free one; capacity_ if none.
-  uint64_t probe_index(Home home) const;
   std::vector<uint8_t> ctrl_;
 };
 
