@@ -537,6 +537,7 @@ void SpeedPath::fold_batch(tbb::task_arena& arena) {
   stats_.add(ipc::Counter::kSpeedLate, late);
   stats_.add(ipc::Counter::kSpeedOverflow, overflow);
   stats_.add(ipc::Counter::kSpeedForcedEvictions, forced);
+  if (!batch_.empty()) stats_.add(ipc::Counter::kSpeedBatches, 1);
   stats_.set(ipc::Counter::kSpeedWatermarkNs, static_cast<uint64_t>(watermark_ns_.load()));
 }
 

@@ -58,6 +58,7 @@ enum class Counter : uint32_t {
   kSpeedWatermarkNs,       // gauge: event-time high watermark
   kRingSpeedPos,           // gauge: speed path consumer position
   kSpeedForcedEvictions,   // live entries evicted early because a table was under pressure
+  kSpeedBatches,           // batches folded (speed_records / speed_batches: records per batch)
   kSpeedGroupEnd,
   // --- written by the batch layer's compaction thread (own cache lines) ---
   kBatchWatermarkOffset = 64,  // gauge: log offset below which every record is in the views
@@ -120,6 +121,7 @@ constexpr std::string_view counter_name(Counter c) {
     case Counter::kSpeedWatermarkNs: return "speed_watermark_ns";
     case Counter::kRingSpeedPos: return "ring_speed_pos";
     case Counter::kSpeedForcedEvictions: return "speed_forced_evictions";
+    case Counter::kSpeedBatches: return "speed_batches";
     case Counter::kLogSegmentsDeleted: return "log_segments_deleted";
     case Counter::kBatchWatermarkOffset: return "batch_watermark_offset";
     case Counter::kBatchRecordsAbsorbed: return "batch_records_absorbed";

@@ -168,6 +168,10 @@ TEST(SpeedPathTest, ReadersRacingWithTheWorkersSeeOnlyConsistentEntriesAndEveryE
   }
   ASSERT_TRUE(speed->stop_and_drain().ok());
   EXPECT_EQ(block.get(ipc::Counter::kSpeedRecords), kEvents);
+  // Every batch folded at least one record, and none more than speed.batch_records.
+  const uint64_t batches = block.get(ipc::Counter::kSpeedBatches);
+  EXPECT_GE(batches, (kEvents + run.config.speed_batch_records - 1) / run.config.speed_batch_records);
+  EXPECT_LE(batches, kEvents);
   EXPECT_EQ(block.get(ipc::Counter::kSpeedLate), 0u);
   EXPECT_EQ(block.get(ipc::Counter::kSpeedOverflow), 0u);
 
