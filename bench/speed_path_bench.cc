@@ -86,6 +86,15 @@ void remove_all(const std::string& name) {
   ipc::StatsSegment::remove(name);
 }
 
+// The shared-memory objects of one run, removed before and after it, also when it throws.
+struct ScopedObjects {
+  explicit ScopedObjects(std::string n) : name(std::move(n)) { remove_all(name); }
+  ~ScopedObjects() { remove_all(name); }
+  ScopedObjects(const ScopedObjects&) = delete;
+  ScopedObjects& operator=(const ScopedObjects&) = delete;
+  const std::string name;
+};
+
 Result<ipc::Ring> make_ring(const std::string& name, uint64_t bytes) {
   ipc::RingOptions ro;
   ro.mode = 0600;
@@ -94,8 +103,8 @@ Result<ipc::Ring> make_ring(const std::string& name, uint64_t bytes) {
 
 // Baseline: a consumer that reads and validates every record, nothing more.
 Run baseline(const Records& records, uint64_t ring_bytes) {
-  const std::string name = shm_name("base");
-  remove_all(name);
+  const ScopedObjects objects(shm_name("base"));
+  const std::string& name = objects.name;
   auto ring = make_ring(name, ring_bytes);
   if (!ring.ok()) throw std::runtime_error(ring.status().ToString());
   auto consumer = ring->attach_consumer(ipc::kSpeedPathConsumer, ipc::Ring::StartAt::kNow);
@@ -118,7 +127,6 @@ Run baseline(const Records& records, uint64_t ring_bytes) {
   Run r;
   r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.cpu_s = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu0 - producer_cpu;
-  remove_all(name);
   if (valid != records.ends.size()) throw std::runtime_error("baseline: invalid records");
   return r;
 }
@@ -129,8 +137,8 @@ struct SpeedRun : Run {
 
 SpeedRun speed(const Records& records, uint64_t ring_bytes, uint32_t workers, uint64_t capacity,
                uint32_t batch_records, const std::vector<int64_t>& widths_ns) {
-  const std::string name = shm_name("speed");
-  remove_all(name);
+  const ScopedObjects objects(shm_name("speed"));
+  const std::string& name = objects.name;
   ConfigOverrides overrides;
   overrides.shm_name = name;
   Config config = load_config(std::nullopt, overrides);
@@ -159,8 +167,6 @@ SpeedRun speed(const Records& records, uint64_t ring_bytes, uint32_t workers, ui
   r.late = block.get(ipc::Counter::kSpeedLate);
   r.overflow = block.get(ipc::Counter::kSpeedOverflow);
   r.forced = block.get(ipc::Counter::kSpeedForcedEvictions);
-  path.reset();
-  remove_all(name);
   return r;
 }
 
