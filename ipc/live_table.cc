@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -469,16 +470,17 @@ ShardWriter::ShardWriter(const LiveTablesView& tables, uint32_t view, uint32_t s
       view_(view),
       shard_(shard),
       shard_count_(desc_->shard_count),
-      ctrl_(capacity_, kCtrlEmpty) {
+      ctrl_(capacity_ + max_probe_ + 8, kCtrlEmpty) {
   // Relaxed: the shard's writers hand it over through claim_ (acquire in attach_writer).
   for (uint64_t i = 0; i < capacity_; ++i) {
     const LiveEntry* e = slot(i);
     const uint32_t flags = e->flags.load(std::memory_order_relaxed);
-    if (flags == kSlotTombstone) ctrl_[i] = kCtrlTombstone;
+    if (flags == kSlotTombstone) set_ctrl(i, kCtrlTombstone);
     if (flags != kSlotOccupied) continue;
-    ctrl_[i] = tag_of(key_hash(e->series_id.load(std::memory_order_relaxed),
+    set_ctrl(i, tag_of(key_hash(e->series_id.load(std::memory_order_relaxed),
                                e->width_index.load(std::memory_order_relaxed),
-                               e->bucket_start_ns.load(std::memory_order_relaxed)));
+                               e->bucket_start_ns.load(std::memory_order_relaxed)),
+                        e->generation.load(std::memory_order_relaxed)));
   }
 }
 
@@ -576,7 +578,7 @@ EntryMeta ShardWriter::meta(const LiveEntry* e) const {
 
 ShardWriter::Home ShardWriter::home(const EntryKey& key) const {
   const uint64_t h = key_hash(key.series_id, key.width_index, key.bucket_start_ns);
-  return {slot_of_hash(h, capacity_), tag_of(h)};
+  return {slot_of_hash(h, capacity_), tag_of(h, key.generation)};
 }
 
 void ShardWriter::prefetch(Home home) const {
@@ -589,17 +591,48 @@ void ShardWriter::prefetch(Home home) const {
   __builtin_prefetch(e + entry_bytes_ - 1, 1);
 }
 
+namespace {
+
+// Eight slot-index bytes at p (host order: byte k of the word is slot p + k).
+uint64_t load_ctrl8(const uint8_t* p) {
+  uint64_t w;
+  std::memcpy(&w, p, 8);
+  if constexpr (std::endian::native == std::endian::big) w = __builtin_bswap64(w);
+  return w;
+}
+
+constexpr uint64_t kLow7 = 0x7f7f7f7f7f7f7f7fULL;
+constexpr uint64_t kHigh1 = 0x8080808080808080ULL;
+
+// 0x80 in every byte of w that is zero, 0 elsewhere (exact: no carries between bytes).
+constexpr uint64_t zero_bytes(uint64_t w) { return ~(((w & kLow7) + kLow7) | w | kLow7); }
+
+}  // namespace
+
+void ShardWriter::set_ctrl(uint64_t i, uint8_t c) {
+  // The copy after capacity_ repeats slots 0, 1, ... (more than once in a shard smaller than
+  // the probe bound).
+  for (uint64_t k = i; k < ctrl_.size(); k += capacity_) ctrl_[k] = c;
+}
+
 LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, Home home) {
   if (key.series_id % shard_count_ != shard_ || key.width_index >= desc_->width_count ||
       home.slot >= capacity_)
     return nullptr;
-  // The slot index holds the flags of every slot (see ctrl_): entries are read only where
-  // the tag matches.
-  uint64_t i = home.slot;
+  // The slot index holds the flags of every slot (see ctrl_), eight slots per step: entries
+  // are read only where the tag matches. A chain ends at its first empty slot.
+  const uint8_t* const base = ctrl_.data() + home.slot;
+  const uint64_t tags = home.tag * 0x0101010101010101ULL;
   uint64_t free_slot = capacity_;
-  for (uint32_t n = 0; n < max_probe_; ++n, i = next(i)) {
-    const uint8_t c = ctrl_[i];
-    if (c == home.tag) {
+  for (uint32_t off = 0; off < max_probe_; off += 8) {
+    const uint64_t w = load_ctrl8(base + off);
+    const uint64_t in_bound = max_probe_ - off >= 8 ? kHigh1 : kHigh1 >> (8 * (8 - (max_probe_ - off)));
+    const uint64_t empty = zero_bytes(w) & in_bound;
+    // The slots up to the first empty one (included) are on the chain.
+    const uint64_t chain = empty != 0 ? (empty ^ (empty - 1)) & in_bound : in_bound;
+    for (uint64_t m = zero_bytes(w ^ tags) & chain; m != 0; m &= m - 1) {
+      uint64_t i = home.slot + off + static_cast<unsigned>(std::countr_zero(m)) / 8;
+      if (i >= capacity_) i %= capacity_;
       LiveEntry* e = slot(i);
       // Relaxed: this thread is the shard's only writer and reads its own stores.
       if (e->series_id.load(std::memory_order_relaxed) == key.series_id &&
@@ -607,11 +640,13 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, Home home) {
           e->width_index.load(std::memory_order_relaxed) == key.width_index &&
           e->generation.load(std::memory_order_relaxed) == key.generation)
         return e;
-      continue;
     }
-    if (c >= kCtrlOccupied) continue;
-    if (free_slot == capacity_) free_slot = i;
-    if (c == kCtrlEmpty) break;  // the end of every chain through here
+    // Empty and tombstone bytes have the high bit clear, occupied ones set.
+    if (const uint64_t free = ~w & chain; free_slot == capacity_ && free != 0) {
+      free_slot = home.slot + off + static_cast<unsigned>(std::countr_zero(free)) / 8;
+      if (free_slot >= capacity_) free_slot %= capacity_;
+    }
+    if (empty != 0) break;
   }
   if (free_slot == capacity_) return nullptr;
   LiveEntry* const e = slot(free_slot);
@@ -628,7 +663,7 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, Home home) {
   e->generation.store(key.generation, std::memory_order_relaxed);
   store_state(e, std::span<const std::byte>(initial_state_, state_bytes_));
   end_write(e);
-  ctrl_[free_slot] = home.tag;
+  set_ctrl(free_slot, home.tag);
   bump(counters_->entries_used, 1);
   bump(counters_->inserts, 1);
   if (reused) bump(counters_->tombstones, -1);
@@ -652,18 +687,18 @@ int64_t ShardWriter::remove(uint64_t i) {
   bump(counters_->evictions, 1);
   if (next(i) == i || ctrl_[next(i)] != kCtrlEmpty) {
     set_flags(slot(i), kSlotTombstone);
-    ctrl_[i] = kCtrlTombstone;
+    set_ctrl(i, kCtrlTombstone);
     return 1;
   }
   // No chain crosses a slot whose next slot is empty; then none crosses the tombstones just
   // before it either.
   set_flags(slot(i), kSlotEmpty);
-  ctrl_[i] = kCtrlEmpty;
+  set_ctrl(i, kCtrlEmpty);
   int64_t emptied = 0;
   for (uint64_t k = i == 0 ? capacity_ - 1 : i - 1; k != i; k = k == 0 ? capacity_ - 1 : k - 1) {
     if (ctrl_[k] != kCtrlTombstone) break;
     set_flags(slot(k), kSlotEmpty);
-    ctrl_[k] = kCtrlEmpty;
+    set_ctrl(k, kCtrlEmpty);
     ++emptied;
   }
   return -emptied;

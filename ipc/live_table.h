@@ -290,15 +290,24 @@ class ShardWriter {
   uint64_t queue_size_ = 0;
   // The slot index: one byte per slot of the shard, process-local, kept by this writer next to
   // every flags change: kCtrlEmpty, kCtrlTombstone, or kCtrlOccupied | 7 bits of the key's
-  // hash. A probe reads it (a few hundred KiB, cache-resident) instead of the entries (64 MB,
-  // one cache miss each), and reads an entry's key only when its tag matches (1 in 128 for
-  // another key). Built from the entries' flags at attach; readers in other processes probe
+  // hash and generation. A probe reads it (a few hundred KiB, cache-resident) instead of the
+  // entries (64 MB, one cache miss each), and reads an entry's key only when its tag matches
+  // (1 in 128 for another key). Built from the entries' flags at attach; readers in other processes probe
   // the entries themselves.
   static constexpr uint8_t kCtrlEmpty = 0;
   static constexpr uint8_t kCtrlTombstone = 1;
   static constexpr uint8_t kCtrlOccupied = 0x80;
-  static uint8_t tag_of(uint64_t hash) { return static_cast<uint8_t>(kCtrlOccupied | (hash & 0x7f)); }
+  // The generation is mixed in: every unabsorbed generation of a bucket has an entry on the
+  // same probe chain (one home per bucket), and a lookup should read only its own.
+  static uint8_t tag_of(uint64_t hash, uint64_t generation) {
+    // Low bits of the hash: its high bits pick the home slot, so keys of one chain share them.
+    return static_cast<uint8_t>(kCtrlOccupied |
+                                ((hash ^ (generation * 0x9E3779B97F4A7C15ULL) >> 57) & 0x7f));
+  }
   uint64_t next(uint64_t i) const { return i + 1 == capacity_ ? 0 : i + 1; }
+  // ctrl_ holds capacity_ bytes and then a copy of the first max_probe_ + 8 (wrapping): a
+  // probe reads the bytes from its home slot on, eight at a time, without wrapping.
+  void set_ctrl(uint64_t i, uint8_t c);
   std::vector<uint8_t> ctrl_;
 };
 

@@ -356,6 +356,65 @@ TEST(LiveTableTest, ProbeBoundRefusesAKeyBeforeTheShardIsFull) {
   EXPECT_EQ(t.tables().stats(0).entries_used, 2u);
 }
 
+TEST(LiveTableTest, LongChainsThatWrapAroundTheShardKeepOneEntryPerKey) {
+  // Chains longer than the eight slots the writer's slot index reads per step, crossing the
+  // end of the shard, with tombstones in them, against a probe bound that is no multiple of
+  // eight: every key present is found in its one slot (also by a reader, which probes the
+  // entries themselves), and none evicted is.
+  constexpr uint64_t kCapacity = 64;
+  constexpr uint32_t kMaxProbe = 21;
+  ScopedLiveName name;
+  LiveTables t = create(name, {make_spec("cpu", 8, kCapacity, 1, kMaxProbe)});
+  ShardWriter w = attach(t, 0, 0);
+  // Keys homed at the last two slots and the first one, a dozen each.
+  std::vector<EntryKey> keys;
+  std::map<uint64_t, int> per_home;
+  for (int64_t b = 0; keys.size() < 36; b += 10) {
+    const EntryKey k{7, 0, b};
+    const uint64_t h = home_slot(k.series_id, k.width_index, k.bucket_start_ns, kCapacity);
+    if ((h == kCapacity - 2 || h == kCapacity - 1 || h == 0) && per_home[h] < 12) {
+      ++per_home[h];
+      keys.push_back(k);
+    }
+  }
+  std::map<size_t, LiveEntry*> present;  // key index -> its entry
+  uint64_t value = 0;
+  auto check = [&] {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      uint64_t v = 0;
+      const auto it = present.find(i);
+      const ReadStatus st = read_value(t.tables(), keys[i], &v);
+      if (it == present.end()) {
+        EXPECT_EQ(st, ReadStatus::kNotFound) << "key " << i;
+        continue;
+      }
+      EXPECT_EQ(st, ReadStatus::kFound) << "key " << i;
+      EXPECT_EQ(w.find_or_insert(keys[i]), it->second) << "key " << i;
+    }
+    EXPECT_EQ(t.tables().stats(0).entries_used, present.size());
+  };
+  for (int round = 0; round < 3; ++round) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (present.count(i) != 0) continue;
+      if (LiveEntry* e = put(w, keys[i], ++value, 8)) present[i] = e;
+    }
+    EXPECT_GE(present.size(), kMaxProbe);  // one run of slots from 62 on, longer than 8
+    check();
+    // Every third key present leaves (tombstones inside the chains), then every other one.
+    size_t n = 0;
+    w.evict_if([&](const EntryMeta& m) {
+      for (auto it = present.begin(); it != present.end(); ++it) {
+        if (!(keys[it->first] == m.key)) continue;
+        if (++n % (round == 1 ? 2 : 3) != 0) return false;
+        present.erase(it);
+        return true;
+      }
+      return false;
+    });
+    check();
+  }
+}
+
 TEST(LiveTableTest, EvictionLeavesATombstoneThatKeepsTheChainBehindItReadable) {
   ScopedLiveName name;
   LiveTables t = create(name, {make_spec("cpu", 16, 32, 1, 8)});
