@@ -74,7 +74,7 @@ namespace runnel::storage {
 //                   (model/aggregate.h), f of them;
 //              or compact (16 bytes, c of them): i64 ts_ns, f64 value, standing for the
 //                   state that AggregateLayout::init() then update(value, ts_ns) gives. The
-//                   writer stores a bucket compact exactly when that state equals its full one
+//                   writer stores a bucket compact only when that state equals its full one
 //                   byte for byte (a bucket of one event, without a distinct count), so that
 //                   buckets of single events (1s buckets of a series sampled every few
 //                   seconds) take 16 bytes, not state_bytes.
@@ -342,7 +342,11 @@ struct StoreState {
 // bucket_start_ns must be a multiple of its width (else the step is Invalid).
 struct PartialState {
   BucketKey key;
+  // AggregateLayout::state_bytes() bytes; or, when `single`, 16 bytes (i64 ts_ns, f64 value):
+  // one event, standing for the state that AggregateLayout::init() then update(value, ts_ns,
+  // 0, false) gives. A new bucket given as one event is stored compact without a check.
   std::span<const std::byte> state;
+  bool single = false;
 };
 // The partial states of one version, sorted by key, each key once.
 struct StepTarget {
