@@ -77,6 +77,11 @@ void CompactionStats::add(const CompactionStats& o) {
 // monoid every layer relies on), which cuts the updates per event of the default view from
 // three per field to one.
 //
+// The store takes a step's states in parts of about kPartStates records (StepTarget::more),
+// made from the sorted entries as it asks, rolled-up widths included: the records and the
+// rolled-up states of one part at a time are held, not a step's worth (W1: 72 bytes per
+// one-event state instead of 120, so a budget holds 4 steps of W1 where it held 7).
+//
 // Memory: all of it counts against the budget; buffers are kept across steps, so the hot path
 // allocates only while a step needs more than every earlier one did. No lock.
 
@@ -93,7 +98,6 @@ class Compactor::PartialStates {
       for (size_t i = 0; i < tg.widths.size(); ++i) {
         if (i > 0 && tg.widths[i] % tg.widths[0] == 0) {
           tg.rolled |= uint32_t{1} << i;
-          tg.rolled_widths.push_back(tg.widths[i]);
         } else {
           tg.direct.push_back(static_cast<uint8_t>(i));
         }
@@ -135,22 +139,21 @@ class Compactor::PartialStates {
       } else if (ch.last_entry == kNone || b > ch.last_bucket) {
         ch.last_entry = append(target, c, b, ev);
         ch.last_bucket = b;
-        if (k == 0) count_rollups(tg, r, b);
       } else {
-        fold_late(target, c, b, ev, k == 0);
+        fold_late(target, c, b, ev);
       }
     }
     return created;
   }
 
-  // Bytes held: the maps, chains, entries with their sort order and output records, states,
-  // the rolled-up states the commit will add (an upper bound) and staged row names.
+  // Bytes held: the maps, chains, entries with their sorted copy, states and staged row names;
+  // and what the commit's parts take (a part's records and rolled-up states, a fixed size).
   size_t used_bytes() const {
     return row_slots_.size() * sizeof(RowSlot) + rows_.size() * sizeof(Row) +
-           chains_.size() * sizeof(Chain) + rolled_end_.size() * sizeof(int64_t) +
-           entries_.size() * (sizeof(Entry) + sizeof(Sorted) + sizeof(PartialState)) + arena_used_ +
-           rollup_bytes_ + late_slots_.size() * sizeof(LateSlot) + series_bytes_.size() +
-           series_.size() * sizeof(Staged);
+           chains_.size() * sizeof(Chain) + entries_.size() * (sizeof(Entry) + sizeof(Sorted)) +
+           arena_used_ + late_slots_.size() * sizeof(LateSlot) + series_bytes_.size() +
+           series_.size() * sizeof(Staged) + part_.capacity() * sizeof(PartialState) +
+           rollup_chunks_.size() * kRollupChunk;
   }
   // Time to commit: checked between records, with room for a few more records' states.
   bool full() const { return entries_.size() >= limit_entries_ || used_bytes() + budget_ / 16 >= budget_; }
@@ -167,9 +170,9 @@ class Compactor::PartialStates {
     series_bytes_.insert(series_bytes_.end(), key.begin(), key.end());
   }
 
-  // Fills out[target] with the states in key order (valid until clear()), rolled-up widths
-  // included, and `series` with the staged row names.
-  void sorted(std::vector<std::vector<PartialState>>* out, std::vector<SeriesName>* series) {
+  // Orders the step's states for the commit, which takes them from part(); `series`: the
+  // staged row names.
+  void prepare(std::vector<SeriesName>* series) {
     row_order_.resize(rows_.size());
     for (uint32_t i = 0; i < rows_.size(); ++i) row_order_[i] = i;
     std::sort(row_order_.begin(), row_order_.end(), [&](uint32_t a, uint32_t b) {
@@ -177,20 +180,24 @@ class Compactor::PartialStates {
                                                 : rows_[a].row < rows_[b].row;
     });
     // A counting sort of the entries by chain, chains in the order the rows are visited: each
-    // chain's entries end up next to each other in arrival order, and the passes below read
-    // sorted_ front to back. One-event states move along (inline), so nothing below reads the
-    // arena in random order.
+    // chain's entries end up next to each other in arrival order, and part() reads sorted_
+    // front to back. One-event states move along (inline), so nothing reads the arena in
+    // random order.
     chain_start_.assign(chains_.size() + 1, 0);
     for (const Entry& e : entries_) ++chain_start_[e.chain];
+    target_rows_.assign(targets_.size() + 1, 0);
     uint32_t at = 0;
-    for (const uint32_t r : row_order_) {
-      const uint32_t base = rows_[r].chain_base;
-      for (size_t k = 0; k < targets_[rows_[r].target].direct.size(); ++k) {
-        const uint32_t count = chain_start_[base + k];
-        chain_start_[base + k] = at;
+    for (size_t i = 0; i < row_order_.size(); ++i) {
+      const Row& rw = rows_[row_order_[i]];
+      target_rows_[rw.target + 1] = i + 1;
+      for (size_t k = 0; k < targets_[rw.target].direct.size(); ++k) {
+        const uint32_t count = chain_start_[rw.chain_base + k];
+        chain_start_[rw.chain_base + k] = at;
         at += count;
       }
     }
+    for (size_t t = 1; t <= targets_.size(); ++t)
+      target_rows_[t] = std::max(target_rows_[t], target_rows_[t - 1]);
     chain_next_.assign(chain_start_.begin(), chain_start_.end() - 1);
     sorted_.resize(entries_.size());
     for (const Entry& e : entries_) {
@@ -203,57 +210,35 @@ class Compactor::PartialStates {
         d.offset = e.offset;
       }
     }
-    out->resize(layouts_.size());
-    for (auto& o : *out) o.clear();
-    for (size_t t = 0; t < layouts_.size(); ++t)
-      (*out)[t].reserve(entries_.size() + rollup_states_);
-    rollup_used_ = 0;
-    for (const uint32_t r : row_order_) {
-      const Row& rw = rows_[r];
-      const Target& tg = targets_[rw.target];
-      const AggregateLayout& layout = *layouts_[rw.target];
-      std::vector<PartialState>& o = (*out)[rw.target];
-      // from[w], to[w]: the row's states of width w in o.
-      size_t from[ViewDef::kMaxWidths], to[ViewDef::kMaxWidths];
-      size_t k = 0;
-      for (size_t w = 0; w < tg.widths.size(); ++w) {
-        const auto width = static_cast<uint8_t>(w);
-        from[w] = o.size();
-        if ((tg.rolled >> w & 1) == 0) {
-          const uint32_t c = rw.chain_base + static_cast<uint32_t>(k++);
-          emit_chain(rw, chain_start_[c], chain_next_[c], width, layout, tg, &o);
-          to[w] = o.size();
-          continue;
-        }
-        size_t source = 0;
-        for (size_t s = w - 1; s > 0; --s) {
-          if (tg.widths[w] % tg.widths[s] == 0) {
-            source = s;
-            break;
-          }
-        }
-        std::byte* rolled = nullptr;
-        int64_t end = 0;  // of the rolled bucket being folded
-        for (size_t f = from[source]; f < to[source]; ++f) {
-          const int64_t b = o[f].key.bucket_start_ns;
-          if (rolled == nullptr || b >= end) {
-            const int64_t start = bucket_start(b, tg.widths[w]);
-            end = start > std::numeric_limits<int64_t>::max() - tg.widths[w]
-                      ? std::numeric_limits<int64_t>::max()
-                      : start + tg.widths[w];
-            rolled = rollup_alloc(tg.bytes);
-            layout.init({rolled, tg.bytes});
-            o.push_back(PartialState{{rw.row, width, start}, {rolled, tg.bytes}});
-          }
-          fold_into(layout, {rolled, tg.bytes}, o[f]);
-        }
-        to[w] = o.size();
-      }
-    }
+    emitted_.assign(targets_.size(), 0);
     series->clear();
     for (const Staged& st : series_) {
       series->push_back(SeriesName{st.row, std::span<const std::byte>(series_bytes_).subspan(st.offset, st.bytes)});
     }
+  }
+
+  bool has_states(uint32_t t) const { return target_rows_[t + 1] > target_rows_[t]; }
+
+  // Part k of target t's states in key order, rolled-up widths included (StepTarget::more):
+  // whole rows, about kPartStates records; valid until the next call. REQUIRES: prepare(), and
+  // calls for one target at a time with k = 0, 1, 2, ... (0 starts over).
+  std::span<const PartialState> part(uint32_t t, size_t k) {
+    if (k == 0) {
+      part_row_ = target_rows_[t];
+      emitted_[t] = 0;
+    }
+    part_.clear();
+    rollup_used_ = 0;
+    while (part_row_ < target_rows_[t + 1] && part_.size() < kPartStates)
+      emit_row(rows_[row_order_[part_row_++]]);
+    emitted_[t] += part_.size();
+    return part_;
+  }
+  // States handed out by the last complete pass of part() over every target.
+  uint64_t emitted() const {
+    uint64_t n = 0;
+    for (uint64_t e : emitted_) n += e;
+    return n;
   }
 
   // Drops everything (a step committed, or redone from the log).
@@ -261,13 +246,10 @@ class Compactor::PartialStates {
     for (const Row& rw : rows_) row_slots_[rw.slot] = RowSlot{};
     rows_.clear();
     chains_.clear();
-    rolled_end_.clear();
     entries_.clear();
     if (late_count_ != 0) std::fill(late_slots_.begin(), late_slots_.end(), LateSlot{});
     late_count_ = 0;
     arena_used_ = 0;
-    rollup_states_ = 0;
-    rollup_bytes_ = 0;
     series_.clear();
     series_bytes_.clear();
   }
@@ -279,12 +261,13 @@ class Compactor::PartialStates {
   static constexpr uint32_t kNone = UINT32_MAX;
   // Bytes a state costs at least (entry, order, output record, a one-event state): the most
   // entries a budget can hold.
-  static constexpr size_t kMinEntryBytes = 24 + 32 + sizeof(PartialState) + kEventBytes;
+  static constexpr size_t kMinEntryBytes = 24 + 32 + kEventBytes;
+  static constexpr size_t kPartStates = 16384;  // records per part() (and one row more at most)
 
   struct Target {
     std::vector<int64_t> widths;
-    std::vector<uint8_t> direct;         // width indices aggregated per event (0 first)
-    std::vector<int64_t> rolled_widths;  // the others, rolled up at commit
+    std::vector<uint8_t> direct;         // width indices aggregated per event (0 first); the
+                                         // others are rolled up at commit
     uint32_t rolled = 0;                 // bit w set: width w is rolled up
     size_t bytes = 0;                    // state_bytes
     bool single = false;                 // one-event states are held as the event
@@ -308,7 +291,6 @@ class Compactor::PartialStates {
     uint64_t row;
     uint32_t target;
     uint32_t chain_base;   // chains_[chain_base + k]: direct width k
-    uint32_t rolled_base;  // rolled_end_[rolled_base + j]: rolled width j
     uint32_t slot;         // in row_slots_
   };
   struct Chain {
@@ -365,18 +347,16 @@ class Compactor::PartialStates {
       if (s.target_plus_one == 0) break;
       if (s.row == row && s.target_plus_one == target + 1) return s.index;
     }
-    if ((rows_.size() + 1) * 2 > row_slots_.size()) {
+    if ((rows_.size() + 1) * 4 > row_slots_.size() * 3) {
       grow_rows();
       return find_row(target, row, created);
     }
     const Target& tg = targets_[target];
     *created = true;
     const auto index = static_cast<uint32_t>(rows_.size());
-    rows_.push_back(Row{row, target, static_cast<uint32_t>(chains_.size()),
-                        static_cast<uint32_t>(rolled_end_.size()), static_cast<uint32_t>(i)});
+    rows_.push_back(
+        Row{row, target, static_cast<uint32_t>(chains_.size()), static_cast<uint32_t>(i)});
     chains_.resize(chains_.size() + tg.direct.size());
-    rolled_end_.resize(rolled_end_.size() + tg.rolled_widths.size(),
-                       std::numeric_limits<int64_t>::min());
     row_slots_[i] = RowSlot{row, target + 1, index};
     return index;
   }
@@ -430,7 +410,7 @@ class Compactor::PartialStates {
   }
 
   // An event of a bucket before the chain's newest: its late state, found or made.
-  void fold_late(uint32_t target, uint32_t c, int64_t b, const Event& ev, bool finest) {
+  void fold_late(uint32_t target, uint32_t c, int64_t b, const Event& ev) {
     if ((late_count_ + 1) * 2 > late_slots_.size()) grow_late();
     const size_t mask = late_slots_.size() - 1;
     size_t i = mix64(static_cast<uint64_t>(b) ^ (uint64_t{c} << 32)) & mask;
@@ -441,11 +421,6 @@ class Compactor::PartialStates {
     }
     late_slots_[i] = LateSlot{b, c + 1, append(target, c, b, ev)};
     ++late_count_;
-    if (finest) {  // its rolled-up buckets may be new too
-      const Target& tg = targets_[target];
-      rollup_states_ += tg.rolled_widths.size();
-      rollup_bytes_ += tg.rolled_widths.size() * (tg.bytes + sizeof(PartialState));
-    }
   }
 
   void grow_late() {
@@ -458,20 +433,6 @@ class Compactor::PartialStates {
           mix64(static_cast<uint64_t>(s.bucket) ^ (uint64_t{s.chain_plus_one - 1} << 32)) & mask;
       while (late_slots_[i].chain_plus_one != 0) i = (i + 1) & mask;
       late_slots_[i] = s;
-    }
-  }
-
-  // A new in-order state of the finest width at b: counts the rolled-up buckets it opens.
-  void count_rollups(const Target& tg, uint32_t r, int64_t b) {
-    int64_t* end = rolled_end_.data() + rows_[r].rolled_base;
-    for (size_t j = 0; j < tg.rolled_widths.size(); ++j) {
-      if (b < end[j]) continue;
-      const int64_t w = tg.rolled_widths[j];
-      const int64_t start = bucket_start(b, w);
-      end[j] = start > std::numeric_limits<int64_t>::max() - w ? std::numeric_limits<int64_t>::max()
-                                                               : start + w;
-      ++rollup_states_;
-      rollup_bytes_ += tg.bytes + sizeof(PartialState);
     }
   }
 
@@ -504,10 +465,56 @@ class Compactor::PartialStates {
     layout.update(dst, value, ts, 0, false);
   }
 
-  // Appends the states sorted_[begin, end) of one chain to o in bucket order, merging a bucket
-  // that has two.
+  // Appends the states of one row to part_ in key order: each direct width's chain, and each
+  // rolled-up width from the states of the widest smaller width that divides it (1h from 1m),
+  // else the finest's.
+  void emit_row(const Row& rw) {
+    const Target& tg = targets_[rw.target];
+    const AggregateLayout& layout = *layouts_[rw.target];
+    std::vector<PartialState>& o = part_;
+    // from[w], to[w]: the row's states of width w in o.
+    size_t from[ViewDef::kMaxWidths], to[ViewDef::kMaxWidths];
+    size_t k = 0;
+    for (size_t w = 0; w < tg.widths.size(); ++w) {
+      const auto width = static_cast<uint8_t>(w);
+      from[w] = o.size();
+      if ((tg.rolled >> w & 1) == 0) {
+        const uint32_t c = rw.chain_base + static_cast<uint32_t>(k++);
+        emit_chain(rw, chain_start_[c], chain_next_[c], width, layout, tg);
+        to[w] = o.size();
+        continue;
+      }
+      size_t source = 0;
+      for (size_t s = w - 1; s > 0; --s) {
+        if (tg.widths[w] % tg.widths[s] == 0) {
+          source = s;
+          break;
+        }
+      }
+      std::byte* rolled = nullptr;
+      int64_t end = 0;  // of the rolled bucket being folded
+      for (size_t f = from[source]; f < to[source]; ++f) {
+        const int64_t b = o[f].key.bucket_start_ns;
+        if (rolled == nullptr || b >= end) {
+          const int64_t start = bucket_start(b, tg.widths[w]);
+          end = start > std::numeric_limits<int64_t>::max() - tg.widths[w]
+                    ? std::numeric_limits<int64_t>::max()
+                    : start + tg.widths[w];
+          rolled = rollup_alloc(tg.bytes);
+          layout.init({rolled, tg.bytes});
+          o.push_back(PartialState{{rw.row, width, start}, {rolled, tg.bytes}});
+        }
+        fold_into(layout, {rolled, tg.bytes}, o[f]);
+      }
+      to[w] = o.size();
+    }
+  }
+
+  // Appends the states sorted_[begin, end) of one chain to part_ in bucket order, merging a
+  // bucket that has two.
   void emit_chain(const Row& rw, uint32_t begin, uint32_t end, uint8_t width,
-                  const AggregateLayout& layout, const Target& tg, std::vector<PartialState>* o) {
+                  const AggregateLayout& layout, const Target& tg) {
+    std::vector<PartialState>* o = &part_;
     Sorted* first = sorted_.data() + begin;
     Sorted* last = sorted_.data() + end;
     auto bucket_less = [](const Sorted& a, const Sorted& b) { return a.bucket < b.bucket; };
@@ -554,21 +561,25 @@ class Compactor::PartialStates {
   size_t limit_entries_ = 0;
   std::vector<const AggregateLayout*> layouts_;
   std::vector<Target> targets_;
-  std::vector<RowSlot> row_slots_;  // power-of-two size, at most half used
+  // Power-of-two size, at most 3/4 used: W1's 20,000 rows take 512 KiB (half used: twice that,
+  // and the probes left L2 more often).
+  std::vector<RowSlot> row_slots_;
   std::vector<Row> rows_;           // the step's rows, in arrival order
   std::vector<Chain> chains_;
-  std::vector<int64_t> rolled_end_;  // per row and rolled width: end of the newest rolled bucket
-  std::vector<Entry> entries_;       // the step's states, in arrival order
+  std::vector<Entry> entries_;  // the step's states, in arrival order
   std::vector<LateSlot> late_slots_;
   size_t late_count_ = 0;
-  size_t rollup_states_ = 0;  // rolled-up states the commit adds, at most
-  size_t rollup_bytes_ = 0;
   // Commit only:
   std::vector<uint32_t>
-      chain_start_;  // entries of chain c: sorted_[chain_start_[c], chain_next_[c])
+      chain_start_;  // the entries of chain c: sorted_[chain_start_[c], chain_next_[c])
   std::vector<uint32_t> chain_next_;
   std::vector<Sorted> sorted_;
   std::vector<uint32_t> row_order_;
+  std::vector<size_t>
+      target_rows_;  // target t's rows: row_order_[target_rows_[t], target_rows_[t + 1])
+  std::vector<uint64_t> emitted_;  // per target: records part() gave since its part 0
+  std::vector<PartialState> part_;
+  size_t part_row_ = 0;  // the next row (into row_order_) part() emits
   std::vector<Buffer<std::byte>> rollup_chunks_;
   size_t rollup_used_ = 0;  // bytes into the chunks, counting skipped chunk tails
   Buffer<std::byte> arena_;
@@ -917,7 +928,6 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
   uint64_t step_from = pass.from;
   StepReport step;
   LogPosition last;
-  std::vector<std::vector<PartialState>> sorted;
   std::vector<SeriesName> series;
   auto reset_step = [&] {
     step = StepReport{};
@@ -934,7 +944,7 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
   // Commits the step up to `to_offset`. Returns false (with ok status) when the step was too
   // large for one transaction and must be redone smaller from step_from.
   auto commit = [&](uint64_t to_offset) -> Result<bool> {
-    partial_->sorted(&sorted, &series);
+    partial_->prepare(&series);
     StepWrite w;
     w.rebuild_version = pass.rebuild_version;
     w.from_offset = step_from;
@@ -942,11 +952,11 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
     w.to.end_offset = to_offset;
     w.records = step.records;
     w.series = series;
-    step.states = 0;
-    for (size_t t = 0; t < sorted.size(); ++t) {
-      if (sorted[t].empty()) continue;
-      w.targets.push_back(StepTarget{pass.versions[t], sorted[t]});
-      step.states += sorted[t].size();
+    step.states = 0;  // known once the store took them
+    for (uint32_t t = 0; t < pass.versions.size(); ++t) {
+      if (!partial_->has_states(t)) continue;
+      w.targets.push_back(StepTarget{
+          pass.versions[t], {}, [this, t](size_t part) { return partial_->part(t, part); }});
     }
     step.to_offset = to_offset;
     if (options_.before_commit) options_.before_commit(step);
@@ -963,6 +973,7 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
       }
       return cs;
     }
+    step.states = partial_->emitted();
     ++stats.steps;
     stats.records += step.records;
     stats.bytes += step.bytes;

@@ -27,7 +27,7 @@ struct StepReport {
   uint64_t records = 0;
   uint64_t bytes = 0;    // log bytes of those records, framing included
   uint64_t updates = 0;  // (row, value) updates routed, before the per-width fan-out
-  uint64_t states = 0;   // bucket states merged into LMDB
+  uint64_t states = 0;   // bucket states merged into LMDB (known once committed: 0 before)
 };
 
 struct CompactorOptions {

@@ -1005,10 +1005,8 @@ Status ViewStore::commit_step(const StepWrite& step, CommitError* why) {
   CommitError* w = why ? why : &local;
   Status s = write([&](lmdb::Txn& txn) { return apply_step(txn, step, w); }, false, w);
   if (!s.ok()) return s;
-  uint64_t states = 0;
-  for (const StepTarget& t : step.targets) states += t.states.size();
   counters_.steps.fetch_add(1, std::memory_order_relaxed);
-  counters_.states_written.fetch_add(states, std::memory_order_relaxed);
+  counters_.states_written.fetch_add(step_states_, std::memory_order_relaxed);
   for (const auto& [version, delta] : step_bucket_delta_) {
     state_.versions.at(version).bucket_count += static_cast<uint64_t>(delta);
   }
@@ -1083,6 +1081,7 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
   }
 
   step_bucket_delta_.clear();
+  step_states_ = 0;
   for (const StepTarget& target : step.targets) {
     const VersionMeta* v = state_.find_version(target.version);
     const VersionState wanted = step.rebuild_version ? VersionState::kBuilding : VersionState::kCurrent;
@@ -1097,7 +1096,7 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
     }
     auto dbi = data_dbi(v->view, v->version);
     if (!dbi.ok()) return dbi.status();
-    auto added = merge_blocks(txn, *dbi, *v, target.states);
+    auto added = merge_blocks(txn, *dbi, *v, target, &step_states_);
     if (!added.ok()) return added.status();
     step_bucket_delta_.emplace_back(v->version, static_cast<int64_t>(*added));
   }
@@ -1153,7 +1152,7 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
 // the database's end; an existing one is rebuilt in merge_buf_ with the step's states merged.
 // Returns the buckets added (not merged).
 Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const VersionMeta& v,
-                                         std::span<const PartialState> states) {
+                                         const StepTarget& target, uint64_t* states_seen) {
   const std::string& dir = options_.dir.string();
   const AggregateLayout& layout = *v.layout;
   const size_t n = layout.state_bytes();
@@ -1175,7 +1174,23 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
   constexpr size_t kPrefetch = 16;
   const std::byte* incoming[kMaxBucketsPerBlock];
   const BucketKey* prev = nullptr;
-  for (size_t i = 0; i < states.size();) {
+  BucketKey prev_key;  // the last key of the part before (parts are checked against each other)
+  std::span<const PartialState> states = target.states;
+  *states_seen += states.size();
+  for (size_t i = 0, part = 0;;) {
+    if (i == states.size()) {  // the next part, if any (StepTarget::more)
+      if (!target.more) break;
+      if (prev != nullptr) {  // kept: the next call may reuse the part's memory
+        prev_key = *prev;
+        prev = &prev_key;
+      }
+      states = target.more(part++);
+      if (states.empty()) break;
+      *states_seen += states.size();
+      i = 0;
+      past_end = false;  // a block may go on in this part, where it is found stored
+      continue;
+    }
     // The states of one block: [i, j).
     BlockKey block;
     int64_t block_width = 1;

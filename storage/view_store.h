@@ -348,10 +348,15 @@ struct PartialState {
   std::span<const std::byte> state;
   bool single = false;
 };
-// The partial states of one version, sorted by key, each key once.
+// The partial states of one version, sorted by key, each key once: `states`, then what `more`
+// gives, if set: more(0), more(1), ... until it returns an empty span, each part after the
+// previous one in key order and valid until the next call. The store may start over from
+// more(0) (it redoes a transaction after growing the map). So a writer need not hold a whole
+// step's records at once.
 struct StepTarget {
   uint64_t version = 0;
   std::span<const PartialState> states;
+  std::function<std::span<const PartialState>(size_t part)> more;
 };
 struct SeriesName {
   uint64_t row_id = 0;
@@ -467,8 +472,9 @@ class ViewStore {
                CommitError* why = nullptr);
   Status grow_map(CommitError* why);
   Status apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError* why);
+  // Adds the states merged (new or not) to *states_seen.
   Result<uint64_t> merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const VersionMeta& v,
-                                std::span<const PartialState> states);
+                                const StepTarget& target, uint64_t* states_seen);
   Result<MDB_dbi> data_dbi(std::string_view view, uint64_t version) const;
 
   ViewStoreOptions options_;
@@ -480,6 +486,7 @@ class ViewStore {
   std::vector<std::byte> compact_scratch_;  // merge_blocks: one state
   std::byte compact_states_[kMaxBucketsPerBlock][kCompactStateBytes];  // per slot, compact form
   std::vector<std::pair<uint64_t, int64_t>> step_bucket_delta_;        // (version, buckets added)
+  uint64_t step_states_ = 0;                                           // states merged by the step
 };
 
 }  // namespace runnel::storage
