@@ -69,12 +69,22 @@ ViewRouter::ViewRouter(std::vector<ViewDef> views) : views_(std::move(views)) {
 }
 
 const std::vector<uint32_t>& ViewRouter::views_for(std::string_view measurement) {
-  if (auto it = by_measurement_.find(measurement); it != by_measurement_.end()) return it->second;
-  std::vector<uint32_t> list;
-  for (uint32_t i = 0; i < views_.size(); ++i) {
-    if (views_[i].matches_measurement(measurement)) list.push_back(i);
+  // Records of one measurement usually follow each other: the last answer is checked first.
+  if (has_last_ && measurement == last_measurement_) return last_views_;
+  auto it = by_measurement_.find(measurement);
+  if (it == by_measurement_.end()) {
+    std::vector<uint32_t> list;
+    for (uint32_t i = 0; i < views_.size(); ++i) {
+      if (views_[i].matches_measurement(measurement)) list.push_back(i);
+    }
+    it = by_measurement_.emplace(std::string(measurement), std::move(list)).first;
   }
-  return by_measurement_.emplace(std::string(measurement), std::move(list)).first->second;
+  // Copies (not pointers into the map), so that a copied router stays valid; they allocate
+  // only for a longer name or list than any before.
+  last_measurement_ = it->first;
+  last_views_ = it->second;
+  has_last_ = true;
+  return last_views_;
 }
 
 uint64_t ViewRouter::group_hash(const RecordView& rec, uint32_t v) {

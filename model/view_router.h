@@ -80,6 +80,10 @@ class ViewRouter {
   };
   std::unordered_map<std::string, std::vector<uint32_t>, Hash, std::equal_to<>> by_measurement_;
   std::vector<std::byte> key_;  // group key block of the last group (+ field in row_key)
+  // views_for's last answer: the views of last_measurement_ (when has_last_).
+  std::string last_measurement_;
+  std::vector<uint32_t> last_views_;
+  bool has_last_ = false;
 };
 
 template <typename Accept, typename Fn>

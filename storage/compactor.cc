@@ -53,12 +53,23 @@ void CompactionStats::add(const CompactionStats& o) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// PartialStates: the states of one step, keyed (target, row, width, bucket start), in a flat
-// open-addressing hash map (linear probing) whose 32-byte slots hold the key inline, so a hit
-// touches one slot and its state. States live in a byte arena in insertion order, and each
-// new key is also appended to an entry list (the commit sorts that, never the slots).
-// Everything is allocated once from the memory budget, in transparent huge pages where the
-// kernel allows (fewer TLB misses on random probes); a step clears it without freeing.
+// PartialStates: the states of one step, one per (target, row, width, bucket start).
+//
+// Events come mostly in time order per row, so each (target, row, direct width) is a chain
+// that remembers its newest bucket: an event of that bucket updates its state, an event of a
+// later bucket starts a state (it cannot exist yet: the chain's buckets only grow), and only an
+// event of an earlier bucket (late, or from a stream behind the others) looks its bucket up in a
+// flat hash map of such late states. A row is found through an open-addressing map keyed
+// (target, row id) that stays in cache at usual cardinalities (W1: 20,000 rows), so the hot path
+// hashes once per field and touches memory that was just written. Each new state appends an
+// entry (arrival order); the commit orders entries with a counting sort by chain and visits rows
+// by id, which leaves each chain in time order unless it took late states (that chain alone is
+// then sorted, and a bucket met twice, once in order and once late, merged).
+//
+// A state that has seen one event is held as that event (i64 ts_ns, f64 value: 16 bytes), the
+// compact form the view store writes, and becomes a full AggregateLayout state at its second
+// event; layouts with a distinct count always hold full states (they depend on more than the
+// value).
 //
 // Only the widths a target takes directly are aggregated per event: the finest, and any width
 // that is not a multiple of it. The others are rolled up at commit from the step's states of
@@ -66,97 +77,91 @@ void CompactionStats::add(const CompactionStats& o) {
 // monoid every layer relies on), which cuts the updates per event of the default view from
 // three per field to one.
 //
-// Hot path: updates are queued (add), and applied in batches (apply): first every queued key's
-// slot is prefetched, then probed, then every state prefetched, then updated, so the cache
-// misses of a batch overlap instead of following each other. No lock; no allocation unless
-// one record overshoots the budget.
+// The store takes a step's states in parts of about kPartStates records (StepTarget::more),
+// made from the sorted entries as it asks, rolled-up widths included: the records and the
+// rolled-up states of one part at a time are held, not a step's worth (W1: 72 bytes per
+// one-event state instead of 120, so a budget holds 4 steps of W1 where it held 7).
+//
+// Memory: all of it counts against the budget; buffers are kept across steps, so the hot path
+// allocates only while a step needs more than every earlier one did. No lock.
 
 class Compactor::PartialStates {
  public:
-  explicit PartialStates(size_t budget_bytes) : budget_(std::max<size_t>(budget_bytes, 1 << 16)) {
-    pending_.reserve(kBatch * 2);
-  }
+  explicit PartialStates(size_t budget_bytes) : budget_(std::max<size_t>(budget_bytes, 1 << 16)) {}
 
   void set_targets(std::vector<const AggregateLayout*> layouts, const std::vector<ViewDef>& defs) {
     layouts_ = std::move(layouts);
-    widths_.clear();
-    rolled_.clear();
-    rollup_bytes_per_entry_ = 0;
+    targets_.clear();
     for (size_t t = 0; t < defs.size(); ++t) {
-      const std::vector<int64_t>& w = defs[t].widths_ns;
-      widths_.push_back(w);
-      uint32_t rolled = 0;
-      for (size_t i = 1; i < w.size(); ++i) {
-        if (w[i] % w[0] == 0) rolled |= uint32_t{1} << i;
+      Target tg;
+      tg.widths = defs[t].widths_ns;
+      for (size_t i = 0; i < tg.widths.size(); ++i) {
+        if (i > 0 && tg.widths[i] % tg.widths[0] == 0) {
+          tg.rolled |= uint32_t{1} << i;
+        } else {
+          tg.direct.push_back(static_cast<uint8_t>(i));
+        }
       }
-      rolled_.push_back(rolled);
-      // Each state of the finest width may start one rolled-up state per rolled width.
-      rollup_bytes_per_entry_ =
-          std::max(rollup_bytes_per_entry_,
-                   static_cast<size_t>(std::popcount(rolled)) * layouts_[t]->state_bytes());
+      tg.bytes = layouts_[t]->state_bytes();
+      tg.single = !layouts_[t]->has(AggComponent::kDistinct) && tg.bytes > kEventBytes;
+      targets_.push_back(std::move(tg));
     }
-    size_t min_state = SIZE_MAX;
-    for (const AggregateLayout* l : layouts_) min_state = std::min(min_state, l->state_bytes());
-    if (layouts_.empty()) min_state = 8;
-    min_state += rollup_bytes_per_entry_;
-    // At most half the slots are used; slots take at most a quarter of the budget.
-    size_t slots = 1024;
-    while (slots * 2 * sizeof(Slot) <= budget_ / 4) slots *= 2;
-    const size_t per_entry = 2 * sizeof(Entry) + min_state;  // entry list + its sorted copy
-    const size_t by_bytes = (budget_ - slots * sizeof(Slot)) / per_entry;
-    max_entries_ = std::max<size_t>(kMinStepEntries, std::min(slots / 2, by_bytes));
+    max_entries_ = std::clamp<size_t>(budget_ / kMinEntryBytes, kMinStepEntries, UINT32_MAX / 2);
     limit_entries_ = std::min(limit_entries_ ? limit_entries_ : max_entries_, max_entries_);
-    if (slot_count_ != slots) {
-      slots_ = allocate<Slot>(slots);
-      std::memset(static_cast<void*>(slots_.get()), 0, slots * sizeof(Slot));
-      slot_count_ = slots;
-    }
-    entries_.reserve(max_entries_);
     if (arena_capacity_ < budget_) {
       arena_ = allocate<std::byte>(budget_);
       arena_capacity_ = budget_;
     }
+    if (row_slots_.empty()) row_slots_.assign(4096, RowSlot{});
     clear();
   }
 
-  // Whether updates of `width` go through add() (else they are rolled up at commit).
-  bool direct(uint32_t target, size_t width) const { return (rolled_[target] >> width & 1) == 0; }
-
-  // Queues one update of (target, row, width, bucket); applied by apply() or when the queue
-  // holds a batch.
-  void add(uint32_t target, uint64_t row, uint8_t width, int64_t bucket, double value, int64_t ts,
-           uint64_t distinct_hash, bool has_distinct) {
-    const uint64_t h = hash(target, row, width, bucket);
-    __builtin_prefetch(&slots_[h & (slot_count_ - 1)]);
-    pending_.push_back(Pending{row, bucket, value, ts, distinct_hash, h, 0, target, width, has_distinct});
-    if (pending_.size() >= kBatch) apply();
+  // Folds one event into every direct width of (target, row). Returns true when the row is new
+  // in this step.
+  bool add(uint32_t target, uint64_t row, double value, int64_t ts, uint64_t distinct_hash,
+           bool has_distinct) {
+    Target& tg = targets_[target];
+    bool created = false;
+    const uint32_t r = find_row(target, row, &created);
+    const Event ev{value, ts, distinct_hash, has_distinct};
+    if (ts != tg.buckets_ts || !tg.buckets_valid) {  // the fields of one record share them
+      for (size_t k = 0; k < tg.direct.size(); ++k)
+        tg.buckets[k] = bucket_start(ts, tg.widths[tg.direct[k]]);
+      tg.buckets_ts = ts;
+      tg.buckets_valid = true;
+    }
+    for (size_t k = 0; k < tg.direct.size(); ++k) {
+      const int64_t b = tg.buckets[k];
+      const uint32_t c = rows_[r].chain_base + static_cast<uint32_t>(k);
+      Chain& ch = chains_[c];
+      if (ch.last_entry != kNone && b == ch.last_bucket) {
+        fold(target, ch.last_entry, ev);
+      } else if (ch.last_entry == kNone || b > ch.last_bucket) {
+        ch.last_entry = append(target, c, b, ev);
+        ch.last_bucket = b;
+      } else {
+        fold_late(target, c, b, ev);
+      }
+    }
+    return created;
   }
 
-  void apply() {
-    for (Pending& p : pending_) {
-      p.state_offset = find_or_add(p.hash, p.target, p.row, p.width, p.bucket);
-      __builtin_prefetch(arena_.get() + p.state_offset);
-    }
-    for (const Pending& p : pending_) {
-      const AggregateLayout& layout = *layouts_[p.target];
-      layout.update(std::span<std::byte>(arena_.get() + p.state_offset, layout.state_bytes()), p.value,
-                    p.ts, p.distinct_hash, p.has_distinct);
-    }
-    pending_.clear();
-  }
-
-  // Bytes held: slots, entries (and their sorted copy), states and staged row names.
+  // Bytes held: the maps, chains, entries with their sorted copy, states and staged row names;
+  // and what the commit's parts take (a part's records and rolled-up states, a fixed size).
   size_t used_bytes() const {
-    return slot_count_ * sizeof(Slot) +
-           entries_.size() * (2 * sizeof(Entry) + rollup_bytes_per_entry_) + arena_used_ +
-           series_bytes_.size() + series_.size() * sizeof(Staged);
+    return row_slots_.size() * sizeof(RowSlot) + rows_.size() * sizeof(Row) +
+           chains_.size() * sizeof(Chain) + entries_.size() * (sizeof(Entry) + sizeof(Sorted)) +
+           arena_used_ + late_slots_.size() * sizeof(LateSlot) + series_bytes_.size() +
+           series_.size() * sizeof(Staged) + part_.capacity() * sizeof(PartialState) +
+           rollup_chunks_.size() * kRollupChunk;
   }
   // Time to commit: checked between records, with room for a few more records' states.
   bool full() const { return entries_.size() >= limit_entries_ || used_bytes() + budget_ / 16 >= budget_; }
   // After MDB_TXN_FULL: commit steps of half as many states.
   bool halve_limit() {
-    if (limit_entries_ <= kMinStepEntries) return false;
-    limit_entries_ = std::max(kMinStepEntries, limit_entries_ / 2);
+    const size_t at = std::min(limit_entries_, std::max(entries_.size(), kMinStepEntries));
+    if (at <= kMinStepEntries) return false;
+    limit_entries_ = std::max(kMinStepEntries, at / 2);
     return true;
   }
 
@@ -165,137 +170,153 @@ class Compactor::PartialStates {
     series_bytes_.insert(series_bytes_.end(), key.begin(), key.end());
   }
 
-  // Applies what is queued and fills out[target] with the states in key order (valid until
-  // clear()), rolled-up widths included. A counting sort by (target, top 16 bits of the row id)
-  // leaves groups small enough to sort in cache.
-  void sorted(std::vector<std::vector<PartialState>>* out, std::vector<SeriesName>* series) {
-    apply();
-    const size_t groups = layouts_.size() << 16;
-    counts_.assign(groups + 1, 0);
-    for (const Entry& e : entries_) ++counts_[group_of(e) + 1];
-    for (size_t g = 1; g <= groups; ++g) counts_[g] += counts_[g - 1];
+  // Orders the step's states for the commit, which takes them from part(); `series`: the
+  // staged row names.
+  void prepare(std::vector<SeriesName>* series) {
+    row_order_.resize(rows_.size());
+    for (uint32_t i = 0; i < rows_.size(); ++i) row_order_[i] = i;
+    std::sort(row_order_.begin(), row_order_.end(), [&](uint32_t a, uint32_t b) {
+      return rows_[a].target != rows_[b].target ? rows_[a].target < rows_[b].target
+                                                : rows_[a].row < rows_[b].row;
+    });
+    // A counting sort of the entries by chain, chains in the order the rows are visited: each
+    // chain's entries end up next to each other in arrival order, and part() reads sorted_
+    // front to back. One-event states move along (inline), so nothing reads the arena in
+    // random order.
+    chain_start_.assign(chains_.size() + 1, 0);
+    for (const Entry& e : entries_) ++chain_start_[e.chain];
+    target_rows_.assign(targets_.size() + 1, 0);
+    uint32_t at = 0;
+    for (size_t i = 0; i < row_order_.size(); ++i) {
+      const Row& rw = rows_[row_order_[i]];
+      target_rows_[rw.target + 1] = i + 1;
+      for (size_t k = 0; k < targets_[rw.target].direct.size(); ++k) {
+        const uint32_t count = chain_start_[rw.chain_base + k];
+        chain_start_[rw.chain_base + k] = at;
+        at += count;
+      }
+    }
+    for (size_t t = 1; t <= targets_.size(); ++t)
+      target_rows_[t] = std::max(target_rows_[t], target_rows_[t - 1]);
+    chain_next_.assign(chain_start_.begin(), chain_start_.end() - 1);
     sorted_.resize(entries_.size());
-    for (const Entry& e : entries_) sorted_[counts_[group_of(e)]++] = e;
-    size_t begin = 0;
-    for (size_t g = 0; g < groups; ++g) {  // counts_[g] is now the end of group g
-      const size_t end = counts_[g];
-      if (end - begin > 1) std::sort(sorted_.begin() + begin, sorted_.begin() + end, less);
-      begin = end;
-    }
-    out->resize(layouts_.size());
-    for (size_t t = 0; t < layouts_.size(); ++t) {
-      (*out)[t].clear();
-      (*out)[t].reserve(entries_.size() * (1 + static_cast<size_t>(std::popcount(rolled_[t]))));
-    }
-    rollup_used_ = 0;
-    const size_t n = sorted_.size();
-    for (size_t i = 0; i < n;) {
-      // The entries of one (target, row) are [i, end), those of its finest width [i, fine_end).
-      const uint64_t row = sorted_[i].row;
-      const uint32_t target = sorted_[i].target_width >> 8;
-      size_t end = i;
-      while (end < n && sorted_[end].row == row && sorted_[end].target_width >> 8 == target) ++end;
-      size_t fine_end = i;
-      while (fine_end < end && (sorted_[fine_end].target_width & 0xff) == 0) ++fine_end;
-      std::vector<PartialState>& o = (*out)[target];
-      const AggregateLayout& layout = *layouts_[target];
-      const size_t bytes = layout.state_bytes();
-      auto state_of = [&](const Entry& e) {
-        return std::span<std::byte>(arena_.get() + e.state_offset, bytes);
-      };
-      auto start_of = [](const Entry& e) {
-        return static_cast<int64_t>(e.bucket_biased ^ kBucketSignBit);
-      };
-      // from[w], to[w]: the row's states of width w in o. A rolled-up width folds the states of
-      // the widest width below it that divides it (1h from 1m), else the finest's.
-      size_t from[ViewDef::kMaxWidths], to[ViewDef::kMaxWidths];
-      const std::vector<int64_t>& widths = widths_[target];
-      from[0] = o.size();
-      for (size_t k = i; k < fine_end; ++k) {
-        o.push_back(PartialState{{row, 0, start_of(sorted_[k])}, state_of(sorted_[k])});
+    for (const Entry& e : entries_) {
+      Sorted& d = sorted_[chain_next_[e.chain]++];
+      d.bucket = e.bucket;
+      d.single = e.single;
+      if (e.single != 0) {
+        std::memcpy(d.event, arena_.get() + e.offset, kEventBytes);
+      } else {
+        d.offset = e.offset;
       }
-      to[0] = o.size();
-      size_t k = fine_end;
-      for (size_t w = 1; w < widths.size(); ++w) {
-        const auto width = static_cast<uint8_t>(w);
-        from[w] = o.size();
-        if (direct(target, w)) {
-          for (; k < end && (sorted_[k].target_width & 0xff) == w; ++k) {
-            o.push_back(PartialState{{row, width, start_of(sorted_[k])}, state_of(sorted_[k])});
-          }
-          to[w] = o.size();
-          continue;
-        }
-        size_t source = 0;
-        for (size_t s = w - 1; s > 0; --s) {
-          if (widths[w] % widths[s] == 0) {
-            source = s;
-            break;
-          }
-        }
-        std::span<std::byte> rolled;
-        for (size_t f = from[source]; f < to[source]; ++f) {
-          const int64_t start = bucket_start(o[f].key.bucket_start_ns, widths[w]);
-          if (rolled.empty() || o.back().key.bucket_start_ns != start) {
-            rolled = std::span<std::byte>(rollup_alloc(bytes), bytes);
-            layout.init(rolled);
-            o.push_back(PartialState{{row, width, start}, rolled});
-          }
-          layout.merge(rolled, o[f].state);
-        }
-        to[w] = o.size();
-      }
-      i = end;
     }
+    emitted_.assign(targets_.size(), 0);
     series->clear();
     for (const Staged& st : series_) {
       series->push_back(SeriesName{st.row, std::span<const std::byte>(series_bytes_).subspan(st.offset, st.bytes)});
     }
   }
 
-  // Drops everything, queued updates included (a step redone from the log).
+  bool has_states(uint32_t t) const { return target_rows_[t + 1] > target_rows_[t]; }
+
+  // Part k of target t's states in key order, rolled-up widths included (StepTarget::more):
+  // whole rows, about kPartStates records; valid until the next call. REQUIRES: prepare(), and
+  // calls for one target at a time with k = 0, 1, 2, ... (0 starts over).
+  std::span<const PartialState> part(uint32_t t, size_t k) {
+    if (k == 0) {
+      part_row_ = target_rows_[t];
+      emitted_[t] = 0;
+    }
+    part_.clear();
+    rollup_used_ = 0;
+    while (part_row_ < target_rows_[t + 1] && part_.size() < kPartStates)
+      emit_row(rows_[row_order_[part_row_++]]);
+    emitted_[t] += part_.size();
+    return part_;
+  }
+  // States handed out by the last complete pass of part() over every target.
+  uint64_t emitted() const {
+    uint64_t n = 0;
+    for (uint64_t e : emitted_) n += e;
+    return n;
+  }
+
+  // Drops everything (a step committed, or redone from the log).
   void clear() {
-    for (const Entry& e : entries_) slots_[e.slot].used = 0;
+    for (const Row& rw : rows_) row_slots_[rw.slot] = RowSlot{};
+    rows_.clear();
+    chains_.clear();
     entries_.clear();
-    pending_.clear();
+    if (late_count_ != 0) std::fill(late_slots_.begin(), late_slots_.end(), LateSlot{});
+    late_count_ = 0;
     arena_used_ = 0;
     series_.clear();
     series_bytes_.clear();
   }
 
  private:
-  static constexpr size_t kBatch = 64;
   static constexpr size_t kRollupChunk = size_t{4} << 20;
   static constexpr size_t kHugePage = size_t{2} << 20;
+  static constexpr size_t kEventBytes = 16;  // i64 ts_ns, f64 value
+  static constexpr uint32_t kNone = UINT32_MAX;
+  // Bytes a state costs at least (entry, order, output record, a one-event state): the most
+  // entries a budget can hold.
+  static constexpr size_t kMinEntryBytes = 24 + 32 + kEventBytes;
+  static constexpr size_t kPartStates = 16384;  // records per part() (and one row more at most)
 
-  struct Slot {
-    uint64_t row;
-    int64_t bucket;
-    uint64_t state_offset;  // in arena_
-    uint32_t target;
-    uint8_t width;
-    uint8_t used;
+  struct Target {
+    std::vector<int64_t> widths;
+    std::vector<uint8_t> direct;         // width indices aggregated per event (0 first); the
+                                         // others are rolled up at commit
+    uint32_t rolled = 0;                 // bit w set: width w is rolled up
+    size_t bytes = 0;                    // state_bytes
+    bool single = false;                 // one-event states are held as the event
+    // The bucket start of each direct width for the event time buckets_ts.
+    int64_t buckets[ViewDef::kMaxWidths] = {};
+    int64_t buckets_ts = 0;
+    bool buckets_valid = false;
   };
-  static_assert(sizeof(Slot) == 32, "two slots per cache line");
-  // One key of the step, in insertion order; sorted at commit.
-  struct Entry {
-    uint64_t row;
-    uint64_t bucket_biased;  // bucket start XOR the sign bit: unsigned order = time order
-    uint64_t state_offset;
-    uint32_t target_width;  // target << 8 | width
-    uint32_t slot;
-  };
-  struct Pending {
-    uint64_t row;
-    int64_t bucket;
+  struct Event {
     double value;
     int64_t ts;
     uint64_t distinct_hash;
-    uint64_t hash;
-    uint64_t state_offset;
-    uint32_t target;
-    uint8_t width;
     bool has_distinct;
+  };
+  struct RowSlot {
+    uint64_t row = 0;
+    uint32_t target_plus_one = 0;  // 0: empty
+    uint32_t index = 0;            // into rows_
+  };
+  struct Row {
+    uint64_t row;
+    uint32_t target;
+    uint32_t chain_base;   // chains_[chain_base + k]: direct width k
+    uint32_t slot;         // in row_slots_
+  };
+  struct Chain {
+    int64_t last_bucket = 0;
+    uint32_t last_entry = kNone;  // the state of last_bucket; kNone: no state yet
+  };
+  struct Entry {
+    int64_t bucket;
+    uint64_t offset;  // of the state (or the event) in arena_
+    uint32_t chain;
+    uint32_t single;  // 1: arena_ holds the bucket's one event, not a state
+  };
+  // An entry at commit, in output order.
+  struct Sorted {
+    int64_t bucket;
+    uint32_t single;
+    uint32_t pad;
+    union {
+      uint64_t offset;               // of the state in arena_ (not single)
+      std::byte event[kEventBytes];  // the one event (single)
+    };
+  };
+  struct LateSlot {
+    int64_t bucket = 0;
+    uint32_t chain_plus_one = 0;  // 0: empty
+    uint32_t entry = 0;
   };
   struct Staged {
     uint64_t row;
@@ -318,7 +339,211 @@ class Compactor::PartialStates {
     return Buffer<T>(static_cast<T*>(p));
   }
 
-  // Room for one rolled-up state, valid until the next sorted(). Chunks are kept across steps.
+  uint32_t find_row(uint32_t target, uint64_t row, bool* created) {
+    size_t mask = row_slots_.size() - 1;
+    size_t i = mix64(row + target) & mask;
+    for (;; i = (i + 1) & mask) {
+      const RowSlot& s = row_slots_[i];
+      if (s.target_plus_one == 0) break;
+      if (s.row == row && s.target_plus_one == target + 1) return s.index;
+    }
+    if ((rows_.size() + 1) * 4 > row_slots_.size() * 3) {
+      grow_rows();
+      return find_row(target, row, created);
+    }
+    const Target& tg = targets_[target];
+    *created = true;
+    const auto index = static_cast<uint32_t>(rows_.size());
+    rows_.push_back(
+        Row{row, target, static_cast<uint32_t>(chains_.size()), static_cast<uint32_t>(i)});
+    chains_.resize(chains_.size() + tg.direct.size());
+    row_slots_[i] = RowSlot{row, target + 1, index};
+    return index;
+  }
+
+  void grow_rows() {
+    row_slots_.assign(row_slots_.size() * 2, RowSlot{});
+    const size_t mask = row_slots_.size() - 1;
+    for (uint32_t r = 0; r < rows_.size(); ++r) {
+      size_t i = mix64(rows_[r].row + rows_[r].target) & mask;
+      while (row_slots_[i].target_plus_one != 0) i = (i + 1) & mask;
+      row_slots_[i] = RowSlot{rows_[r].row, rows_[r].target + 1, r};
+      rows_[r].slot = static_cast<uint32_t>(i);
+    }
+  }
+
+  // A new state of bucket b in chain c, holding the event.
+  uint32_t append(uint32_t target, uint32_t c, int64_t b, const Event& ev) {
+    const Target& tg = targets_[target];
+    const auto e = static_cast<uint32_t>(entries_.size());
+    if (tg.single) {
+      std::byte* p = room(kEventBytes);
+      std::memcpy(p, &ev.ts, 8);
+      std::memcpy(p + 8, &ev.value, 8);
+      entries_.push_back(Entry{b, static_cast<uint64_t>(p - arena_.get()), c, 1});
+      return e;
+    }
+    std::byte* p = room(tg.bytes);
+    const std::span<std::byte> state(p, tg.bytes);
+    layouts_[target]->init(state);
+    layouts_[target]->update(state, ev.value, ev.ts, ev.distinct_hash, ev.has_distinct);
+    entries_.push_back(Entry{b, static_cast<uint64_t>(p - arena_.get()), c, 0});
+    return e;
+  }
+
+  void fold(uint32_t target, uint32_t e, const Event& ev) {
+    const AggregateLayout& layout = *layouts_[target];
+    const size_t n = targets_[target].bytes;
+    if (entries_[e].single != 0) {  // the second event: expand the first into a state
+      int64_t ts;
+      double value;
+      std::memcpy(&ts, arena_.get() + entries_[e].offset, 8);
+      std::memcpy(&value, arena_.get() + entries_[e].offset + 8, 8);
+      std::byte* p = room(n);
+      layout.init({p, n});
+      layout.update({p, n}, value, ts, 0, false);
+      entries_[e].offset = static_cast<uint64_t>(p - arena_.get());
+      entries_[e].single = 0;
+    }
+    layout.update({arena_.get() + entries_[e].offset, n}, ev.value, ev.ts, ev.distinct_hash,
+                  ev.has_distinct);
+  }
+
+  // An event of a bucket before the chain's newest: its late state, found or made.
+  void fold_late(uint32_t target, uint32_t c, int64_t b, const Event& ev) {
+    if ((late_count_ + 1) * 2 > late_slots_.size()) grow_late();
+    const size_t mask = late_slots_.size() - 1;
+    size_t i = mix64(static_cast<uint64_t>(b) ^ (uint64_t{c} << 32)) & mask;
+    for (;; i = (i + 1) & mask) {
+      LateSlot& s = late_slots_[i];
+      if (s.chain_plus_one == 0) break;
+      if (s.chain_plus_one == c + 1 && s.bucket == b) return fold(target, s.entry, ev);
+    }
+    late_slots_[i] = LateSlot{b, c + 1, append(target, c, b, ev)};
+    ++late_count_;
+  }
+
+  void grow_late() {
+    std::vector<LateSlot> old(std::max<size_t>(late_slots_.size() * 2, 4096));
+    old.swap(late_slots_);
+    const size_t mask = late_slots_.size() - 1;
+    for (const LateSlot& s : old) {
+      if (s.chain_plus_one == 0) continue;
+      size_t i =
+          mix64(static_cast<uint64_t>(s.bucket) ^ (uint64_t{s.chain_plus_one - 1} << 32)) & mask;
+      while (late_slots_[i].chain_plus_one != 0) i = (i + 1) & mask;
+      late_slots_[i] = s;
+    }
+  }
+
+  std::byte* room(size_t n) {
+    if (arena_used_ + n > arena_capacity_) grow_arena(n);
+    std::byte* p = arena_.get() + arena_used_;
+    arena_used_ += n;
+    return p;
+  }
+
+  void grow_arena(size_t n) {
+    const size_t capacity = std::max(arena_capacity_ * 2, arena_used_ + n);
+    Buffer<std::byte> bigger = allocate<std::byte>(capacity);
+    std::memcpy(bigger.get(), arena_.get(), arena_used_);
+    arena_ = std::move(bigger);
+    arena_capacity_ = capacity;
+  }
+
+  // dst ⊕= the state `ps` stands for.
+  static void fold_into(const AggregateLayout& layout, std::span<std::byte> dst,
+                        const PartialState& ps) {
+    if (!ps.single) {
+      layout.merge(dst, ps.state);
+      return;
+    }
+    int64_t ts;
+    double value;
+    std::memcpy(&ts, ps.state.data(), 8);
+    std::memcpy(&value, ps.state.data() + 8, 8);
+    layout.update(dst, value, ts, 0, false);
+  }
+
+  // Appends the states of one row to part_ in key order: each direct width's chain, and each
+  // rolled-up width from the states of the widest smaller width that divides it (1h from 1m),
+  // else the finest's.
+  void emit_row(const Row& rw) {
+    const Target& tg = targets_[rw.target];
+    const AggregateLayout& layout = *layouts_[rw.target];
+    std::vector<PartialState>& o = part_;
+    // from[w], to[w]: the row's states of width w in o.
+    size_t from[ViewDef::kMaxWidths], to[ViewDef::kMaxWidths];
+    size_t k = 0;
+    for (size_t w = 0; w < tg.widths.size(); ++w) {
+      const auto width = static_cast<uint8_t>(w);
+      from[w] = o.size();
+      if ((tg.rolled >> w & 1) == 0) {
+        const uint32_t c = rw.chain_base + static_cast<uint32_t>(k++);
+        emit_chain(rw, chain_start_[c], chain_next_[c], width, layout, tg);
+        to[w] = o.size();
+        continue;
+      }
+      size_t source = 0;
+      for (size_t s = w - 1; s > 0; --s) {
+        if (tg.widths[w] % tg.widths[s] == 0) {
+          source = s;
+          break;
+        }
+      }
+      std::byte* rolled = nullptr;
+      int64_t end = 0;  // of the rolled bucket being folded
+      for (size_t f = from[source]; f < to[source]; ++f) {
+        const int64_t b = o[f].key.bucket_start_ns;
+        if (rolled == nullptr || b >= end) {
+          const int64_t start = bucket_start(b, tg.widths[w]);
+          end = start > std::numeric_limits<int64_t>::max() - tg.widths[w]
+                    ? std::numeric_limits<int64_t>::max()
+                    : start + tg.widths[w];
+          rolled = rollup_alloc(tg.bytes);
+          layout.init({rolled, tg.bytes});
+          o.push_back(PartialState{{rw.row, width, start}, {rolled, tg.bytes}});
+        }
+        fold_into(layout, {rolled, tg.bytes}, o[f]);
+      }
+      to[w] = o.size();
+    }
+  }
+
+  // Appends the states sorted_[begin, end) of one chain to part_ in bucket order, merging a
+  // bucket that has two.
+  void emit_chain(const Row& rw, uint32_t begin, uint32_t end, uint8_t width,
+                  const AggregateLayout& layout, const Target& tg) {
+    std::vector<PartialState>* o = &part_;
+    Sorted* first = sorted_.data() + begin;
+    Sorted* last = sorted_.data() + end;
+    auto bucket_less = [](const Sorted& a, const Sorted& b) { return a.bucket < b.bucket; };
+    if (!std::is_sorted(first, last, bucket_less)) std::sort(first, last, bucket_less);
+    std::byte* merged = nullptr;  // the state of o->back() when two entries were merged into it
+    for (Sorted* it = first; it != last; ++it) {
+      const PartialState ps =
+          it->single
+              ? PartialState{{rw.row, width, it->bucket}, {it->event, kEventBytes}, true}
+              : PartialState{
+                    {rw.row, width, it->bucket}, {arena_.get() + it->offset, tg.bytes}, false};
+      if (it == first || o->back().key.bucket_start_ns != it->bucket) {
+        o->push_back(ps);
+        merged = nullptr;
+        continue;
+      }
+      if (merged == nullptr) {  // the same bucket, once in order and once late
+        merged = rollup_alloc(tg.bytes);
+        layout.init({merged, tg.bytes});
+        fold_into(layout, {merged, tg.bytes}, o->back());
+        o->back().state = {merged, tg.bytes};
+        o->back().single = false;
+      }
+      fold_into(layout, {merged, tg.bytes}, ps);
+    }
+  }
+
+  // Room for one rolled-up (or merged) state, valid until the next sorted(). Chunks are kept
+  // across steps.
   std::byte* rollup_alloc(size_t n) {
     if (rollup_chunks_.empty() || (rollup_used_ % kRollupChunk) + n > kRollupChunk) {
       rollup_used_ = (rollup_used_ + kRollupChunk - 1) / kRollupChunk * kRollupChunk;
@@ -331,81 +556,32 @@ class Compactor::PartialStates {
     return p;
   }
 
-  static uint64_t hash(uint32_t target, uint64_t row, uint8_t width, int64_t bucket) {
-    return row ^ mix64(static_cast<uint64_t>(bucket) + (uint64_t{width} << 48) + (uint64_t{target} << 56));
-  }
-  static size_t group_of(const Entry& e) { return ((e.target_width >> 8) << 16) | (e.row >> 48); }
-  static bool less(const Entry& a, const Entry& b) {
-    if (a.row != b.row) return a.row < b.row;
-    if (a.target_width != b.target_width) return a.target_width < b.target_width;
-    return a.bucket_biased < b.bucket_biased;
-  }
-
-  // Offset in the arena of the state of (target, row, width, bucket), initialized empty when new.
-  uint64_t find_or_add(uint64_t h, uint32_t target, uint64_t row, uint8_t width, int64_t bucket) {
-    const size_t mask = slot_count_ - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
-      Slot& slot = slots_[i];
-      if (slot.used == 0) {
-        if (entries_.size() + 1 > slot_count_ * 3 / 4) {
-          rehash();  // only when one record overshoots the step limit by far
-          return find_or_add(h, target, row, width, bucket);
-        }
-        const AggregateLayout& layout = *layouts_[target];
-        const size_t n = layout.state_bytes();
-        if (arena_used_ + n > arena_capacity_) grow_arena(n);
-        layout.init(std::span<std::byte>(arena_.get() + arena_used_, n));
-        slot = Slot{row, bucket, arena_used_, target, width, 1};
-        entries_.push_back(Entry{row, static_cast<uint64_t>(bucket) ^ kBucketSignBit, arena_used_,
-                                 (target << 8) | width, static_cast<uint32_t>(i)});
-        arena_used_ += n;
-        return slot.state_offset;
-      }
-      if (slot.row == row && slot.bucket == bucket && slot.width == width && slot.target == target) {
-        return slot.state_offset;
-      }
-    }
-  }
-
-  void rehash() {
-    const size_t count = slot_count_ * 2;
-    Buffer<Slot> bigger = allocate<Slot>(count);
-    std::memset(static_cast<void*>(bigger.get()), 0, count * sizeof(Slot));
-    for (Entry& e : entries_) {
-      const Slot& s = slots_[e.slot];
-      size_t i = hash(s.target, s.row, s.width, s.bucket) & (count - 1);
-      while (bigger[i].used != 0) i = (i + 1) & (count - 1);
-      bigger[i] = s;
-      e.slot = static_cast<uint32_t>(i);
-    }
-    slots_ = std::move(bigger);
-    slot_count_ = count;
-    // Queued hashes stay valid: they are hashes, not slot indices.
-  }
-
-  void grow_arena(size_t n) {
-    const size_t capacity = std::max(arena_capacity_ * 2, arena_used_ + n);
-    Buffer<std::byte> bigger = allocate<std::byte>(capacity);
-    std::memcpy(bigger.get(), arena_.get(), arena_used_);
-    arena_ = std::move(bigger);
-    arena_capacity_ = capacity;
-  }
-
   size_t budget_;
   size_t max_entries_ = 0;
   size_t limit_entries_ = 0;
   std::vector<const AggregateLayout*> layouts_;
-  std::vector<std::vector<int64_t>> widths_;  // per target
-  std::vector<uint32_t> rolled_;              // per target: bit w set = width w is rolled up
-  size_t rollup_bytes_per_entry_ = 0;
+  std::vector<Target> targets_;
+  // Power-of-two size, at most 3/4 used: W1's 20,000 rows take 512 KiB (half used: twice that,
+  // and the probes left L2 more often).
+  std::vector<RowSlot> row_slots_;
+  std::vector<Row> rows_;           // the step's rows, in arrival order
+  std::vector<Chain> chains_;
+  std::vector<Entry> entries_;  // the step's states, in arrival order
+  std::vector<LateSlot> late_slots_;
+  size_t late_count_ = 0;
+  // Commit only:
+  std::vector<uint32_t>
+      chain_start_;  // the entries of chain c: sorted_[chain_start_[c], chain_next_[c])
+  std::vector<uint32_t> chain_next_;
+  std::vector<Sorted> sorted_;
+  std::vector<uint32_t> row_order_;
+  std::vector<size_t>
+      target_rows_;  // target t's rows: row_order_[target_rows_[t], target_rows_[t + 1])
+  std::vector<uint64_t> emitted_;  // per target: records part() gave since its part 0
+  std::vector<PartialState> part_;
+  size_t part_row_ = 0;  // the next row (into row_order_) part() emits
   std::vector<Buffer<std::byte>> rollup_chunks_;
   size_t rollup_used_ = 0;  // bytes into the chunks, counting skipped chunk tails
-  Buffer<Slot> slots_;
-  size_t slot_count_ = 0;
-  std::vector<Entry> entries_;  // the step's keys, in insertion order
-  std::vector<Entry> sorted_;   // ... in key order (commit)
-  std::vector<uint32_t> counts_;
-  std::vector<Pending> pending_;
   Buffer<std::byte> arena_;
   size_t arena_capacity_ = 0;
   size_t arena_used_ = 0;
@@ -752,7 +928,6 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
   uint64_t step_from = pass.from;
   StepReport step;
   LogPosition last;
-  std::vector<std::vector<PartialState>> sorted;
   std::vector<SeriesName> series;
   auto reset_step = [&] {
     step = StepReport{};
@@ -769,7 +944,7 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
   // Commits the step up to `to_offset`. Returns false (with ok status) when the step was too
   // large for one transaction and must be redone smaller from step_from.
   auto commit = [&](uint64_t to_offset) -> Result<bool> {
-    partial_->sorted(&sorted, &series);
+    partial_->prepare(&series);
     StepWrite w;
     w.rebuild_version = pass.rebuild_version;
     w.from_offset = step_from;
@@ -777,11 +952,11 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
     w.to.end_offset = to_offset;
     w.records = step.records;
     w.series = series;
-    step.states = 0;
-    for (size_t t = 0; t < sorted.size(); ++t) {
-      if (sorted[t].empty()) continue;
-      w.targets.push_back(StepTarget{pass.versions[t], sorted[t]});
-      step.states += sorted[t].size();
+    step.states = 0;  // known once the store took them
+    for (uint32_t t = 0; t < pass.versions.size(); ++t) {
+      if (!partial_->has_states(t)) continue;
+      w.targets.push_back(StepTarget{
+          pass.versions[t], {}, [this, t](size_t part) { return partial_->part(t, part); }});
     }
     step.to_offset = to_offset;
     if (options_.before_commit) options_.before_commit(step);
@@ -798,6 +973,7 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
       }
       return cs;
     }
+    step.states = partial_->emitted();
     ++stats.steps;
     stats.records += step.records;
     stats.bytes += step.bytes;
@@ -869,13 +1045,9 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
     }
     const int64_t ts = view.ts_ns();
     step.updates += router.route(view, accept_all, [&](const RowUpdate& u) {
-      const ViewDef& def = pass.defs[u.view];
-      for (size_t wi = 0; wi < def.widths_ns.size(); ++wi) {
-        if (!partial_->direct(u.view, wi)) continue;
-        partial_->add(u.view, u.row_id, static_cast<uint8_t>(wi), bucket_start(ts, def.widths_ns[wi]),
-                      u.value, ts, u.distinct_hash, u.has_distinct);
-      }
-      if (known_rows_->insert(u.row_id)) {
+      const bool new_in_step =
+          partial_->add(u.view, u.row_id, u.value, ts, u.distinct_hash, u.has_distinct);
+      if (new_in_step && known_rows_->insert(u.row_id)) {
         partial_->stage_series(u.row_id, router.row_key(view, u.view, u.field));
       }
     });

@@ -27,7 +27,7 @@ struct StepReport {
   uint64_t records = 0;
   uint64_t bytes = 0;    // log bytes of those records, framing included
   uint64_t updates = 0;  // (row, value) updates routed, before the per-width fan-out
-  uint64_t states = 0;   // bucket states merged into LMDB
+  uint64_t states = 0;   // bucket states merged into LMDB (known once committed: 0 before)
 };
 
 struct CompactorOptions {
@@ -75,13 +75,13 @@ struct RunLimits {
 //
 // Compaction: records from the watermark to the end of the newest sealed segment (never the
 // active one) are routed with ViewRouter (every group) through each current version's stored
-// definition, and folded per (version, row, width, bucket start) into partial states in a flat
-// hash map; widths that are multiples of a view's finest width are rolled up from the finest
-// width's states at commit. When the memory budget is reached, one ViewStore transaction merges
-// them, names new rows and advances the watermark to just past the last record folded in. A crash
-// leaves the store at its last commit, and the next run reads on from exactly there: no record is
-// counted twice or missed. Late events need nothing special: each lands in its bucket by event
-// time.
+// definition, and folded per (version, row, width, bucket start) into partial states, found
+// through each row's newest bucket (a hash map only for events older than it); widths that are
+// multiples of a view's finest width are rolled up from the finest width's states at commit. When
+// the memory budget is reached, one ViewStore transaction merges them, names new rows and advances
+// the watermark to just past the last record folded in. A crash leaves the store at its last
+// commit, and the next run reads on from exactly there: no record is counted twice or missed. Late
+// events need nothing special: each lands in its bucket by event time.
 //
 // Rebuild (a new view, a changed definition, or on request): a new version is computed from the
 // oldest retained record into its own database while the current version keeps serving and

@@ -1005,10 +1005,8 @@ Status ViewStore::commit_step(const StepWrite& step, CommitError* why) {
   CommitError* w = why ? why : &local;
   Status s = write([&](lmdb::Txn& txn) { return apply_step(txn, step, w); }, false, w);
   if (!s.ok()) return s;
-  uint64_t states = 0;
-  for (const StepTarget& t : step.targets) states += t.states.size();
   counters_.steps.fetch_add(1, std::memory_order_relaxed);
-  counters_.states_written.fetch_add(states, std::memory_order_relaxed);
+  counters_.states_written.fetch_add(step_states_, std::memory_order_relaxed);
   for (const auto& [version, delta] : step_bucket_delta_) {
     state_.versions.at(version).bucket_count += static_cast<uint64_t>(delta);
   }
@@ -1083,6 +1081,7 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
   }
 
   step_bucket_delta_.clear();
+  step_states_ = 0;
   for (const StepTarget& target : step.targets) {
     const VersionMeta* v = state_.find_version(target.version);
     const VersionState wanted = step.rebuild_version ? VersionState::kBuilding : VersionState::kCurrent;
@@ -1097,7 +1096,7 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
     }
     auto dbi = data_dbi(v->view, v->version);
     if (!dbi.ok()) return dbi.status();
-    auto added = merge_blocks(txn, *dbi, *v, target.states);
+    auto added = merge_blocks(txn, *dbi, *v, target, &step_states_);
     if (!added.ok()) return added.status();
     step_bucket_delta_.emplace_back(v->version, static_cast<int64_t>(*added));
   }
@@ -1153,7 +1152,7 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
 // the database's end; an existing one is rebuilt in merge_buf_ with the step's states merged.
 // Returns the buckets added (not merged).
 Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const VersionMeta& v,
-                                         std::span<const PartialState> states) {
+                                         const StepTarget& target, uint64_t* states_seen) {
   const std::string& dir = options_.dir.string();
   const AggregateLayout& layout = *v.layout;
   const size_t n = layout.state_bytes();
@@ -1175,10 +1174,30 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
   constexpr size_t kPrefetch = 16;
   const std::byte* incoming[kMaxBucketsPerBlock];
   const BucketKey* prev = nullptr;
-  for (size_t i = 0; i < states.size();) {
+  BucketKey prev_key;  // the last key of the part before (parts are checked against each other)
+  std::span<const PartialState> states = target.states;
+  *states_seen += states.size();
+  for (size_t i = 0, part = 0;;) {
+    if (i == states.size()) {  // the next part, if any (StepTarget::more)
+      if (!target.more) break;
+      if (prev != nullptr) {  // kept: the next call may reuse the part's memory
+        prev_key = *prev;
+        prev = &prev_key;
+      }
+      states = target.more(part++);
+      if (states.empty()) break;
+      *states_seen += states.size();
+      i = 0;
+      past_end = false;  // a block may go on in this part, where it is found stored
+      continue;
+    }
     // The states of one block: [i, j).
     BlockKey block;
-    uint64_t fresh = 0;  // slots the step brings
+    int64_t block_width = 1;
+    Wide block_start_ns = 0, block_span_ns = 0;  // its buckets: [start, start + span)
+    bool exact_slots = false;
+    uint64_t fresh = 0;         // slots the step brings
+    uint64_t fresh_single = 0;  // ... as one event (PartialState::single)
     size_t j = i;
     for (; j < states.size(); ++j) {
       // States come in key order, scattered in the caller's memory: fetch ahead of the copies.
@@ -1188,23 +1207,46 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
         __builtin_prefetch(ahead + n - 1);
       }
       const PartialState& ps = states[j];
-      if (ps.state.size() != n)
+      const size_t expected = ps.single ? kCompactStateBytes : n;
+      if (ps.state.size() != expected)
         return invalid(ps.key, "a step state of " + std::to_string(ps.state.size()) +
-                                   " bytes, expected " + std::to_string(n));
+                                   " bytes, expected " + std::to_string(expected));
       if (prev != nullptr && !(*prev < ps.key))
         return invalid(ps.key, "step states must be sorted by key and unique");
-      if (ps.key.width_index >= widths.size()) return invalid(ps.key, "no such width");
-      const int64_t width = widths[ps.key.width_index];
-      if (ps.key.bucket_start_ns % width != 0)
-        return invalid(ps.key, "not a multiple of the width");
-      const int64_t q = ps.key.bucket_start_ns / width;
-      const int64_t b = floor_div(q, per_block);
-      if (j > i && (ps.key.row_id != block.row_id || ps.key.width_index != block.width_index ||
-                    b != block.block))
-        break;
-      if (j == i) block = BlockKey{ps.key.row_id, ps.key.width_index, b};
-      const auto slot = static_cast<uint32_t>(q - b * per_block);
+      uint32_t slot;
+      if (j > i) {
+        if (ps.key.row_id != block.row_id || ps.key.width_index != block.width_index) break;
+        // Another bucket of this block's row and width: its slot without a 64-bit division
+        // when the block's span is exact in a double (the product check below proves it).
+        const Wide delta = Wide{ps.key.bucket_start_ns} - block_start_ns;
+        if (delta < 0 || delta >= block_span_ns) break;
+        const auto d = static_cast<int64_t>(delta);  // exact when exact_slots
+        const auto k =
+            exact_slots
+                ? static_cast<int64_t>(static_cast<double>(d) / static_cast<double>(block_width))
+                : 0;
+        if (exact_slots && k * block_width == d) {
+          slot = static_cast<uint32_t>(k);
+        } else {
+          if (delta % block_width != 0) return invalid(ps.key, "not a multiple of the width");
+          slot = static_cast<uint32_t>(delta / block_width);
+        }
+      } else {
+        if (ps.key.width_index >= widths.size()) return invalid(ps.key, "no such width");
+        const int64_t width = widths[ps.key.width_index];
+        if (ps.key.bucket_start_ns % width != 0)
+          return invalid(ps.key, "not a multiple of the width");
+        const int64_t q = ps.key.bucket_start_ns / width;
+        const int64_t b = floor_div(q, per_block);
+        block = BlockKey{ps.key.row_id, ps.key.width_index, b};
+        slot = static_cast<uint32_t>(q - b * per_block);
+        block_width = width;
+        block_start_ns = Wide{b} * per_block * width;
+        block_span_ns = Wide{per_block} * width;
+        exact_slots = block_span_ns < (Wide{1} << 53);
+      }
       fresh |= uint64_t{1} << slot;
+      if (ps.single) fresh_single |= uint64_t{1} << slot;
       incoming[slot] = ps.state.data();
       prev = &ps.key;
     }
@@ -1243,6 +1285,17 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
         continue;
       }
       const std::byte* state = incoming[slot];
+      if ((fresh_single & bit) && (old.present & bit) == 0) {
+        if (n > kCompactStateBytes) {  // it is its compact form
+          compact |= bit;
+        } else {
+          const std::span<std::byte> into(merge_states_.data() + slot * n, n);
+          expand_compact(layout, state, into);
+          state = into.data();
+        }
+        final_state[slot] = state;
+        continue;
+      }
       if (old.present & bit) {
         const std::span<std::byte> into(merge_states_.data() + slot * n, n);
         if (old.is_compact(slot)) {
@@ -1255,7 +1308,15 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
         } else {
           std::memcpy(into.data(), stored, n);
         }
-        layout.merge(into, {incoming[slot], n});
+        if (fresh_single & bit) {
+          int64_t ts;
+          double value;
+          std::memcpy(&ts, incoming[slot], 8);
+          std::memcpy(&value, incoming[slot] + 8, 8);
+          layout.update(into, value, ts, 0, false);
+        } else {
+          layout.merge(into, {incoming[slot], n});
+        }
         state = into.data();
         ++merged;
       }

@@ -74,7 +74,7 @@ namespace runnel::storage {
 //                   (model/aggregate.h), f of them;
 //              or compact (16 bytes, c of them): i64 ts_ns, f64 value, standing for the
 //                   state that AggregateLayout::init() then update(value, ts_ns) gives. The
-//                   writer stores a bucket compact exactly when that state equals its full one
+//                   writer stores a bucket compact only when that state equals its full one
 //                   byte for byte (a bucket of one event, without a distinct count), so that
 //                   buckets of single events (1s buckets of a series sampled every few
 //                   seconds) take 16 bytes, not state_bytes.
@@ -342,12 +342,21 @@ struct StoreState {
 // bucket_start_ns must be a multiple of its width (else the step is Invalid).
 struct PartialState {
   BucketKey key;
+  // AggregateLayout::state_bytes() bytes; or, when `single`, 16 bytes (i64 ts_ns, f64 value):
+  // one event, standing for the state that AggregateLayout::init() then update(value, ts_ns,
+  // 0, false) gives. A new bucket given as one event is stored compact without a check.
   std::span<const std::byte> state;
+  bool single = false;
 };
-// The partial states of one version, sorted by key, each key once.
+// The partial states of one version, sorted by key, each key once: `states`, then what `more`
+// gives, if set: more(0), more(1), ... until it returns an empty span, each part after the
+// previous one in key order and valid until the next call. The store may start over from
+// more(0) (it redoes a transaction after growing the map). So a writer need not hold a whole
+// step's records at once.
 struct StepTarget {
   uint64_t version = 0;
   std::span<const PartialState> states;
+  std::function<std::span<const PartialState>(size_t part)> more;
 };
 struct SeriesName {
   uint64_t row_id = 0;
@@ -463,8 +472,9 @@ class ViewStore {
                CommitError* why = nullptr);
   Status grow_map(CommitError* why);
   Status apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError* why);
+  // Adds the states merged (new or not) to *states_seen.
   Result<uint64_t> merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const VersionMeta& v,
-                                std::span<const PartialState> states);
+                                const StepTarget& target, uint64_t* states_seen);
   Result<MDB_dbi> data_dbi(std::string_view view, uint64_t version) const;
 
   ViewStoreOptions options_;
@@ -476,6 +486,7 @@ class ViewStore {
   std::vector<std::byte> compact_scratch_;  // merge_blocks: one state
   std::byte compact_states_[kMaxBucketsPerBlock][kCompactStateBytes];  // per slot, compact form
   std::vector<std::pair<uint64_t, int64_t>> step_bucket_delta_;        // (version, buckets added)
+  uint64_t step_states_ = 0;                                           // states merged by the step
 };
 
 }  // namespace runnel::storage

@@ -90,6 +90,26 @@ TEST_F(ViewRouterTest, MeasurementGlobsAndFieldListsSelect) {
   EXPECT_TRUE(route(r, parse("mem,host=a used=5 1")).empty());
 }
 
+TEST_F(ViewRouterTest, AlternatingMeasurementsAndACopiedRouterRouteTheSame) {
+  ViewDef cpu = view("c");
+  cpu.measurements = {"cpu"};
+  ViewDef disk = view("d");
+  disk.measurements = {"disk", "cpu"};
+  ViewRouter r({cpu, disk});
+  for (int i = 0; i < 3; ++i) {  // each measurement right after the other, and again
+    EXPECT_EQ(route(r, parse("cpu,host=a user=1 1")).size(), 2u);
+    auto d = route(r, parse("disk,host=a used=5 1"));
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].view, 1u);
+    EXPECT_TRUE(route(r, parse("mem,host=a used=5 1")).empty());
+  }
+  ViewRouter copy = r;  // r's last answer (mem) came along with it
+  r = ViewRouter({disk});
+  EXPECT_TRUE(route(copy, parse("mem,host=a used=5 1")).empty());
+  EXPECT_EQ(route(copy, parse("cpu,host=a user=1 1")).size(), 2u);
+  EXPECT_EQ(route(r, parse("cpu,host=a user=1 1")).size(), 1u);
+}
+
 TEST_F(ViewRouterTest, AcceptFiltersWholeGroups) {
   ViewRouter r({default_view()});
   size_t n = r.route(parse("cpu,host=a user=1,sys=2 1"), [](uint64_t) { return false; },

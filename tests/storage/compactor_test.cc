@@ -517,6 +517,40 @@ TEST(Compactor, LateEventsLandInTheirBuckets) {
   expect_store_equals(*snap, reference(env.log_dir, {v}, store->watermark().log_offset), {v});
 }
 
+TEST(Compactor, BucketMetInOrderAndAgainLateInOneStepIsOneState) {
+  Env env;
+  LogBuilder log(env.log_dir);
+  // One row: second 10 in order, then 20, then 10 twice more (late), 30, 10 again; and a
+  // second row sampled once, so single-event buckets sit next to merged ones.
+  for (int s : {10, 20, 10, 10, 30, 10}) {
+    log.add("cpu,host=a usage=" + std::to_string(s) + " " + std::to_string(kT0 + s * kSecond + s));
+  }
+  log.add("cpu,host=b usage=7 " + std::to_string(kT0 + 5 * kSecond));
+  log.seal();
+  auto store = env.open_store();
+  const ViewDef v = default_view();
+  auto c = Compactor::open(*store, {v}, env.options());
+  ASSERT_TRUE(c.ok());
+  auto stats = (*c)->compact();
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->steps, 1u);
+  auto snap = store->snapshot();
+  const ViewInfo& info = *snap->find_view("default");
+  const AggregateLayout layout = AggregateLayout::for_view(v).value();
+  uint64_t bucket_10 = 0;
+  ASSERT_TRUE(snap->for_each_row(info,
+                                 [&](uint64_t row) {
+                                   auto got = snap->get(info, {row, 0, kT0 + 10 * kSecond});
+                                   EXPECT_TRUE(got.ok());
+                                   if (got.ok() && got->has_value())
+                                     bucket_10 = layout.count(**got);
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(bucket_10, 4u);
+  expect_store_equals(*snap, reference(env.log_dir, {v}, store->watermark().log_offset), {v});
+}
+
 TEST(Compactor, ChangedDefinitionIsRebuiltThenSwitchedWhileOldSnapshotsKeepReading) {
   Env env;
   LogBuilder log(env.log_dir);

@@ -401,6 +401,56 @@ TEST(ViewStore, FullMapAtTheLimitIsAClearErrorAndAGrownMapTakesTheSameStep) {
   EXPECT_EQ((*store)->watermark().log_offset, 800u);
 }
 
+TEST(ViewStore, StepGivenInPartsIsMergedWholeAndStartsOverWhenTheMapGrows) {
+  TempDir tmp;
+  ViewStoreOptions o = options_in(tmp.path() / "views");
+  o.initial_map_bytes = 256 << 10;  // too small: the step is redone in a grown map
+  Fixture f(o);
+  ASSERT_TRUE(f.store);
+  StateMaker m(f.def);
+  // 20,000 rows of one bucket each, then row 20,000 with buckets 0 s and 1 s (one block) split
+  // between two parts, the second as one event (PartialState::single).
+  std::vector<PartialState> states;
+  for (uint64_t row = 0; row < 20000; ++row) states.push_back(m.make({row, 0, 0}, {1.0}));
+  states.push_back(m.make({20000, 0, 0}, {1.0, 2.0}));
+  int64_t event[2] = {kSecond + 5, 0};
+  const double value = 4.0;
+  std::memcpy(&event[1], &value, 8);
+  const PartialState single{{20000, 0, kSecond}, std::as_bytes(std::span(event)), true};
+  std::vector<std::vector<PartialState>> parts = {
+      {states.begin(), states.begin() + 7000}, {states.begin() + 7000, states.end()}, {single}};
+  size_t first_part_calls = 0;
+  // One buffer for every part, as the compactor has, cleared to the largest key between calls.
+  std::vector<PartialState> given;
+  StepWrite w;
+  w.to = LogPosition{800, 792, 3, 99};
+  w.records = 100;
+  w.targets.push_back(
+      StepTarget{f.version, {}, [&](size_t part) {
+                   first_part_calls += part == 0 ? 1 : 0;
+                   given.assign(20002, PartialState{{~uint64_t{0}, 255, kSecond}, {}});
+                   if (part >= parts.size()) return std::span<const PartialState>();
+                   std::copy(parts[part].begin(), parts[part].end(), given.begin());
+                   return std::span<const PartialState>(given).first(parts[part].size());
+                 }});
+  Status s = f.store->commit_step(w);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_GT(f.store->counters().map_grows.load(), 0u);
+  EXPECT_EQ(first_part_calls, 1 + f.store->counters().map_grows.load());
+  EXPECT_EQ(f.store->counters().states_written.load(), 20002u);
+  auto snap = f.store->snapshot();
+  ASSERT_TRUE(snap.ok());
+  const ViewInfo& info = *snap->find_view("v");
+  EXPECT_EQ(snap->bucket_count(info).value(), 20002u);
+  for (uint64_t row : {0, 6999, 7000, 19999})
+    EXPECT_EQ(count_at(*snap, info, {row, 0, 0}, m.layout()), 1u) << row;
+  EXPECT_EQ(count_at(*snap, info, {20000, 0, 0}, m.layout()), 2u);
+  auto last = snap->get(info, {20000, 0, kSecond});
+  ASSERT_TRUE(last.ok() && last->has_value());
+  EXPECT_EQ(m.layout().count(**last), 1u);
+  EXPECT_EQ(m.layout().finalize(**last, 1), 4.0);  // sum
+}
+
 // Root ignores permissions, so these run in a child that drops to nobody.
 TEST(ViewStore, ReadOnlyDataDirectoryIsAClearError) {
   TempDir tmp;
