@@ -670,7 +670,7 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, Home home) {
   if (!queue_.empty() && queue_size_ < capacity_) {
     // Never full: a queued slot is occupied, and each occupied slot is queued once.
     // Queued as seen with one update: the update that follows the insert is no news.
-    queue_[(queue_head_ + queue_size_) % capacity_] = queue_item(static_cast<uint32_t>(free_slot), 1);
+    queue_[queue_index(queue_size_)] = queue_item(static_cast<uint32_t>(free_slot), 1);
     ++queue_size_;
   }
   return e;
@@ -720,9 +720,9 @@ uint64_t ShardWriter::evict_if(const std::function<bool(const EntryMeta&)>& pred
     // Drop the queued slots it emptied (each occupied slot is queued once).
     uint64_t kept = 0;
     for (uint64_t n = 0; n < queue_size_; ++n) {
-      const uint64_t item = queue_[(queue_head_ + n) % capacity_];
+      const uint64_t item = queue_[queue_index(n)];
       if (ctrl_[queued_slot(item)] >= kCtrlOccupied) {
-        queue_[(queue_head_ + kept++) % capacity_] = item;
+        queue_[queue_index(kept++)] = item;
       }
     }
     queue_size_ = kept;
@@ -749,7 +749,7 @@ uint64_t ShardWriter::evict_oldest(uint64_t max_looks, const EvictFn& evict,
   for (; n < max_looks && queue_size_ > 0; ++n) {
     if (queue_size_ > kAhead) {
       // The entry's header (whether the next slot is empty, the slot index says).
-      __builtin_prefetch(slot(queued_slot(queue_[(queue_head_ + kAhead) % capacity_])), 1);
+      __builtin_prefetch(slot(queued_slot(queue_[queue_index(kAhead)])), 1);
     }
     const uint64_t item = queue_[queue_head_];
     const uint32_t i = queued_slot(item);
@@ -772,7 +772,7 @@ uint64_t ShardWriter::evict_oldest(uint64_t max_looks, const EvictFn& evict,
       stop = true;
       break;
     }
-    queue_[(queue_head_ + queue_size_) % capacity_] = queue_item(i, updates);
+    queue_[queue_index(queue_size_)] = queue_item(i, updates);
     ++queue_size_;
   }
   bump(counters_->tombstones, tombstones);

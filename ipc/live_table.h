@@ -288,6 +288,11 @@ class ShardWriter {
   std::vector<uint64_t> queue_;
   uint64_t queue_head_ = 0;
   uint64_t queue_size_ = 0;
+  // Index of the n-th queued item from the head (n <= capacity_), without a division.
+  uint64_t queue_index(uint64_t n) const {
+    const uint64_t i = queue_head_ + n;
+    return i >= capacity_ ? i - capacity_ : i;
+  }
   // The slot index: one byte per slot of the shard, process-local, kept by this writer next to
   // every flags change: kCtrlEmpty, kCtrlTombstone, or kCtrlOccupied | 7 bits of the key's
   // hash and generation. A probe reads it (a few hundred KiB, cache-resident) instead of the
