@@ -626,7 +626,8 @@ LiveEntry* ShardWriter::find_or_insert(const EntryKey& key, Home home) {
   uint64_t free_slot = capacity_;
   for (uint32_t off = 0; off < max_probe_; off += 8) {
     const uint64_t w = load_ctrl8(base + off);
-    const uint64_t in_bound = max_probe_ - off >= 8 ? kHigh1 : kHigh1 >> (8 * (8 - (max_probe_ - off)));
+    const uint32_t left = max_probe_ - off;  // slots of the probe bound from here
+    const uint64_t in_bound = left >= 8 ? kHigh1 : kHigh1 >> (8 * (8 - left));
     const uint64_t empty = zero_bytes(w) & in_bound;
     // The slots up to the first empty one (included) are on the chain.
     const uint64_t chain = empty != 0 ? (empty ^ (empty - 1)) & in_bound : in_bound;

@@ -297,8 +297,8 @@ class ShardWriter {
   // every flags change: kCtrlEmpty, kCtrlTombstone, or kCtrlOccupied | 7 bits of the key's
   // hash and generation. A probe reads it (a few hundred KiB, cache-resident) instead of the
   // entries (64 MB, one cache miss each), and reads an entry's key only when its tag matches
-  // (1 in 128 for another key). Built from the entries' flags at attach; readers in other processes probe
-  // the entries themselves.
+  // (1 in 128 for another key). Built from the entries' flags at attach; readers in other
+  // processes probe the entries themselves.
   static constexpr uint8_t kCtrlEmpty = 0;
   static constexpr uint8_t kCtrlTombstone = 1;
   static constexpr uint8_t kCtrlOccupied = 0x80;

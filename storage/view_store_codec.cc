@@ -190,7 +190,7 @@ void expand_compact(const AggregateLayout& layout, const std::byte* compact,
 
 // Calls fn(key suffix after prefix, value) for every meta record whose key starts with prefix.
 Status for_each_prefixed(const lmdb::Txn& txn, MDB_dbi dbi, std::string_view prefix,
-                         const std::function<Status(std::string_view, std::span<const std::byte>)>& fn) {
+                         const PrefixedFn& fn) {
   auto cursor = lmdb::Cursor::open(txn, dbi);
   if (!cursor.ok()) return cursor.status();
   MDB_val k = lmdb::val(prefix), v{};

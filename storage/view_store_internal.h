@@ -114,8 +114,9 @@ inline std::string_view as_chars(const MDB_val& v) {
   return {static_cast<const char*>(v.mv_data), v.mv_size};
 }
 // Calls fn(key suffix after prefix, value) for every meta record whose key starts with prefix.
+using PrefixedFn = std::function<Status(std::string_view, std::span<const std::byte>)>;
 Status for_each_prefixed(const lmdb::Txn& txn, MDB_dbi dbi, std::string_view prefix,
-                         const std::function<Status(std::string_view, std::span<const std::byte>)>& fn);
+                         const PrefixedFn& fn);
 // Checks the 'store' record (magic, layout version); *next_version (optional) from it.
 Status check_store_record(const lmdb::Txn& txn, MDB_dbi meta, const std::filesystem::path& dir,
                           uint64_t* next_version);
