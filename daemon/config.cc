@@ -71,8 +71,10 @@ retention_max_bytes = 0
 enabled = true
 # Speed-path workers (oneTBB); each owns one shard of every live table. A power of two.
 workers = 2
-# Ring records handed to the workers per step.
-batch_records = 8192
+# Ring records handed to the workers per step, at most (a step takes what the ring holds). Under
+# full load a larger step costs less per event but shows in the live tables later: at 1.5 M
+# events/s, 32768 records are ~22 ms.
+batch_records = 32768
 
 [batch]
 # false: no batch views (the log is then never deleted by retention).
