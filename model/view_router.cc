@@ -87,12 +87,14 @@ const std::vector<uint32_t>& ViewRouter::views_for(std::string_view measurement)
   return last_views_;
 }
 
-uint64_t ViewRouter::group_hash(const RecordView& rec, uint32_t v) {
+uint64_t ViewRouter::group_hash(const RecordView& rec, uint32_t v, bool want_key) {
   const ViewDef& def = views_[v];
   key_.clear();
   if (def.group_all_tags) {
-    const auto sk = rec.series_key();
-    key_.insert(key_.end(), sk.begin(), sk.end());
+    if (want_key) {
+      const auto sk = rec.series_key();
+      key_.insert(key_.end(), sk.begin(), sk.end());
+    }
     return rec.series_id();  // == XXH3 of the series key block
   }
   put_str(&key_, rec.measurement());
@@ -138,7 +140,7 @@ bool ViewRouter::distinct_hash(const RecordView& rec, uint32_t v, uint64_t* out)
 }
 
 std::span<const std::byte> ViewRouter::row_key(const RecordView& rec, uint32_t view, std::string_view field) {
-  group_hash(rec, view);
+  group_hash(rec, view, /*want_key=*/true);
   put_str(&key_, field);
   return key_;
 }

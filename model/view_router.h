@@ -68,8 +68,10 @@ class ViewRouter {
     std::string target;  // tag key or field name of distinct(x); empty: none
   };
   const std::vector<uint32_t>& views_for(std::string_view measurement);
-  // Group key block of rec for view v into key_; returns its hash.
-  uint64_t group_hash(const RecordView& rec, uint32_t v);
+  // The group hash of rec for view v. The group key block is left in key_ when `want_key` (or
+  // when the hash needs it: grouping by some tags); grouping by every tag, the hash is the
+  // record's series id and route() does not copy the key.
+  uint64_t group_hash(const RecordView& rec, uint32_t v, bool want_key = false);
   bool distinct_hash(const RecordView& rec, uint32_t v, uint64_t* out) const;
 
   std::vector<ViewDef> views_;
