@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "model/generation.h"
+#include "model/known_rows.h"
 #include "model/clock.h"
 #include "model/record.h"
 #include "model/view_router.h"
@@ -33,36 +34,6 @@ constexpr size_t kPrefetchAhead = 4;
 // kRoomTenths.
 constexpr uint64_t kPressureTenths = 4;
 constexpr uint64_t kRoomTenths = 3;
-
-// Row ids a worker registered in the series dictionary: open addressing with linear probing,
-// cleared when half full (registering a row again is harmless: the dictionary keeps the first
-// key of an id). Allocated once.
-class KnownRows {
- public:
-  KnownRows() : slots_(kSlots, 0) {}
-  // True if `id` was not known (and is now).
-  bool insert(uint64_t id) {
-    if (id == 0) return true;  // 0 marks an empty slot: never remembered
-    for (size_t i = (id * 0x9E3779B97F4A7C15ULL) >> (64 - kSlotBits);; i = (i + 1) & (kSlots - 1)) {
-      if (slots_[i] == id) return false;
-      if (slots_[i] == 0) {
-        if (++used_ > kSlots / 2) {
-          std::fill(slots_.begin(), slots_.end(), 0);
-          used_ = 1;
-          i = (id * 0x9E3779B97F4A7C15ULL) >> (64 - kSlotBits);
-        }
-        slots_[i] = id;
-        return true;
-      }
-    }
-  }
-
- private:
-  static constexpr unsigned kSlotBits = 17;
-  static constexpr size_t kSlots = size_t{1} << kSlotBits;
-  std::vector<uint64_t> slots_;
-  size_t used_ = 0;
-};
 
 }  // namespace
 
@@ -96,7 +67,8 @@ struct SpeedPath::Worker {
   // A private copy of the entry state being updated (the largest state of any view).
   std::vector<std::byte> scratch;
   // Route round: this worker's slice of the batch.
-  KnownRows known_rows;
+  // Rows this worker registered in the series dictionary: allocated once, forgotten past 65,536.
+  KnownRows known_rows{size_t{1} << 17, size_t{1} << 17};
   std::vector<std::vector<Pending>> outbox;  // per destination shard; reserved once
   std::vector<uint64_t> late;                // per destination shard and view: late updates
   int64_t max_ts = INT64_MIN;

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "model/generation.h"
+#include "model/known_rows.h"
 #include "model/clock.h"
 #include "model/record.h"
 #include "model/view_router.h"
@@ -24,8 +25,6 @@
 namespace runnel::storage {
 namespace {
 
-// Row ids remembered as named in "series" at most (16 MiB); then the set starts over.
-constexpr size_t kMaxKnownRows = size_t{1} << 20;
 constexpr size_t kMinStepEntries = 1024;
 
 // murmur3's 64-bit finalizer.
@@ -587,55 +586,6 @@ class Compactor::PartialStates {
   size_t arena_used_ = 0;
   std::vector<Staged> series_;
   std::vector<std::byte> series_bytes_;
-};
-
-// Row ids already named in "series": an exact open-addressing set, small enough to stay in
-// cache at usual cardinalities. It starts over rather than grow past kMaxKnownRows; a row it
-// forgot is only named again, which the store ignores.
-class Compactor::KnownRows {
- public:
-  KnownRows() { clear(); }
-  // true when `row` was not in the set (it is now).
-  bool insert(uint64_t row) {
-    if (row == 0) return !std::exchange(has_zero_, true);
-    size_t mask = slots_.size() - 1;
-    size_t i = mix64(row) & mask;
-    for (; slots_[i] != 0; i = (i + 1) & mask) {
-      if (slots_[i] == row) return false;
-    }
-    if ((count_ + 1) * 2 > slots_.size()) {
-      if (slots_.size() * 2 > kMaxKnownRows * 2) {
-        clear();
-      } else {
-        grow();
-      }
-      return insert(row);
-    }
-    slots_[i] = row;
-    ++count_;
-    return true;
-  }
-  void clear() {
-    slots_.assign(4096, 0);
-    count_ = 0;
-    has_zero_ = false;
-  }
-
- private:
-  void grow() {
-    std::vector<uint64_t> old(slots_.size() * 2, 0);
-    old.swap(slots_);
-    const size_t mask = slots_.size() - 1;
-    for (uint64_t row : old) {
-      if (row == 0) continue;
-      size_t i = mix64(row) & mask;
-      while (slots_[i] != 0) i = (i + 1) & mask;
-      slots_[i] = row;
-    }
-  }
-  std::vector<uint64_t> slots_;
-  size_t count_ = 0;
-  bool has_zero_ = false;
 };
 
 // What one pass reads and where it folds: the current versions (compaction) or one version

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/status.h"
+#include "model/known_rows.h"
 #include "model/view.h"
 #include "storage/view_store.h"
 
@@ -113,7 +114,6 @@ class Compactor {
  private:
   struct Pass;
   class PartialStates;
-  class KnownRows;
   Compactor(ViewStore& store, CompactorOptions options);
   Result<uint64_t> oldest_log_offset() const;
   Status switch_caught_up(ReconcileReport* report);
@@ -123,7 +123,7 @@ class Compactor {
   CompactorOptions options_;
   std::vector<ViewDef> configured_;
   std::unique_ptr<PartialStates> partial_;
-  std::unique_ptr<KnownRows> known_rows_;  // row ids already named in "series"
+  std::unique_ptr<KnownRows> known_rows_;  // row ids already named in "series" (at most 2^20)
 };
 
 // Log retention: which of the oldest sealed segments may be deleted.
