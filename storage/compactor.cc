@@ -394,13 +394,9 @@ class Compactor::PartialStates {
     const AggregateLayout& layout = *layouts_[target];
     const size_t n = targets_[target].bytes;
     if (entries_[e].single != 0) {  // the second event: expand the first into a state
-      int64_t ts;
-      double value;
-      std::memcpy(&ts, arena_.get() + entries_[e].offset, 8);
-      std::memcpy(&value, arena_.get() + entries_[e].offset + 8, 8);
       std::byte* p = room(n);
       layout.init({p, n});
-      layout.update({p, n}, value, ts, 0, false);
+      fold_single(layout, arena_.get() + entries_[e].offset, {p, n});
       entries_[e].offset = static_cast<uint64_t>(p - arena_.get());
       entries_[e].single = 0;
     }
@@ -453,15 +449,11 @@ class Compactor::PartialStates {
   // dst ⊕= the state `ps` stands for.
   static void fold_into(const AggregateLayout& layout, std::span<std::byte> dst,
                         const PartialState& ps) {
-    if (!ps.single) {
+    if (ps.single) {
+      fold_single(layout, ps.state.data(), dst);
+    } else {
       layout.merge(dst, ps.state);
-      return;
     }
-    int64_t ts;
-    double value;
-    std::memcpy(&ts, ps.state.data(), 8);
-    std::memcpy(&value, ps.state.data() + 8, 8);
-    layout.update(dst, value, ts, 0, false);
   }
 
   // Appends the states of one row to part_ in key order: each direct width's chain, and each

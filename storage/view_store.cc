@@ -551,11 +551,7 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
           std::memcpy(into.data(), stored, n);
         }
         if (fresh_single & bit) {
-          int64_t ts;
-          double value;
-          std::memcpy(&ts, incoming[slot], 8);
-          std::memcpy(&value, incoming[slot] + 8, 8);
-          layout.update(into, value, ts, 0, false);
+          fold_single(layout, incoming[slot], into);
         } else {
           layout.merge(into, {incoming[slot], n});
         }

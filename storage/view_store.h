@@ -348,6 +348,10 @@ struct PartialState {
   std::span<const std::byte> state;
   bool single = false;
 };
+// Folds the one event of a single state (16 bytes: i64 ts_ns, f64 value) into `into`, a full
+// state: what AggregateLayout::update(value, ts_ns, 0, false) does. On an init() state it gives
+// the full state the single one stands for.
+void fold_single(const AggregateLayout& layout, const std::byte* single, std::span<std::byte> into);
 // The partial states of one version, sorted by key, each key once: `states`, then what `more`
 // gives, if set: more(0), more(1), ... until it returns an empty span, each part after the
 // previous one in key order and valid until the next call. The store may start over from

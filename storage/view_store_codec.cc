@@ -180,12 +180,8 @@ bool compact_form(const AggregateLayout& layout, std::span<const std::byte> stat
 // The full state of a compact one.
 void expand_compact(const AggregateLayout& layout, const std::byte* compact,
                     std::span<std::byte> out) {
-  int64_t ts;
-  double value;
-  std::memcpy(&ts, compact, 8);
-  std::memcpy(&value, compact + 8, 8);
   layout.init(out);
-  layout.update(out, value, ts, 0, false);
+  fold_single(layout, compact, out);
 }
 
 // Calls fn(key suffix after prefix, value) for every meta record whose key starts with prefix.
@@ -227,6 +223,14 @@ bool is_lmdb(const Status& s, int rc) { return !s.ok() && s.message().ends_with(
 }  // namespace view_store_internal
 
 using namespace view_store_internal;
+
+void fold_single(const AggregateLayout& layout, const std::byte* single, std::span<std::byte> into) {
+  int64_t ts;
+  double value;
+  std::memcpy(&ts, single, 8);
+  std::memcpy(&value, single + 8, 8);
+  layout.update(into, value, ts, 0, false);
+}
 
 uint32_t buckets_per_block(size_t state_bytes) {
   const size_t room = kBlockTargetBytes - kBlockHeaderBytes;
