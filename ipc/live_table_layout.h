@@ -73,7 +73,7 @@ namespace runnel::ipc {
 //        8    8  tombstones         gauge: evicted slots still bridging a probe chain
 //       16    8  inserts            keys inserted
 //       24    8  overflow           events that found no room (counted by the caller)
-//       32    8  evictions          entries removed by evict_if
+//       32    8  evictions          entries evicted (evict_if, evict_oldest)
 //       40    8  late_events        events older than the live window (counted by the caller)
 //       48   16  reserved
 //

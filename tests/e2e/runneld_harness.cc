@@ -57,6 +57,10 @@ class ExecStrings {
     for (auto& s : strings_) ptrs_.push_back(s.data());
     ptrs_.push_back(nullptr);
   }
+  // Not copied or moved: ptrs_ points into strings_ (a moved short string leaves its buffer).
+  // Returned by value only as a prvalue (guaranteed elision).
+  ExecStrings(const ExecStrings&) = delete;
+  ExecStrings& operator=(const ExecStrings&) = delete;
   char* const* get() const { return ptrs_.data(); }
 
  private:
