@@ -22,6 +22,10 @@ speed=${SPEED:-on}           # off: ingest and log only ([speed] enabled = false
 batch=${BATCH:-off}          # on: the batch layer compacts sealed segments during the run
 segment_bytes=${SEGMENT_BYTES:-268435456}  # [log] segment_bytes: smaller seals (and compacts) sooner
 split=${SPLIT:-interleaved}  # runnel-loadgen --split: contiguous sends each connection a time range
+# More keys for runneld's [ring], [speed] and [batch] tables, e.g. RING_TOML='generation_bytes = 67108864'.
+ring_toml=${RING_TOML:-}
+speed_toml=${SPEED_TOML:-}
+batch_toml=${BATCH_TOML:-}
 # The goal on a 2-core box, generator included: 3 M/s for ingest alone, 2 M/s with the speed path.
 target_eps=${TARGET_EPS:-$([[ ${SPEED:-on} == off ]] && echo 3000000 || echo 2000000)}
 
@@ -134,11 +138,16 @@ segment_bytes = $segment_bytes
 [ingest]
 listen = ["tcp://127.0.0.1:$port"]
 
+[ring]
+$ring_toml
+
 [speed]
 enabled = $([[ $speed == off ]] && echo false || echo true)
+$speed_toml
 
 [batch]
 enabled = $([[ $batch == on ]] && echo true || echo false)
+$batch_toml
 EOF
 "$runneld" --config "$tmp/runneld.toml" --data-dir "$tmp/data" --shm-name "$shm_name" \
   --listen "tcp://127.0.0.1:$port" 2>"$tmp/runneld.log" &
