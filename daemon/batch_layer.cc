@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "daemon/thread_name.h"
 #include "model/clock.h"
 
 namespace runnel {
@@ -111,7 +112,10 @@ Status BatchLayer::open_store() {
 }
 
 void BatchLayer::start() {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("runneld-batch");
+    run();
+  });
 }
 
 void BatchLayer::stop() {

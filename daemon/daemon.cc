@@ -16,6 +16,7 @@
 #include "daemon/ingest_loop.h"
 #include "daemon/journal.h"
 #include "daemon/speed_path.h"
+#include "daemon/thread_name.h"
 #include "ipc/ring.h"
 #include "ipc/stats.h"
 #include "model/clock.h"
@@ -187,6 +188,7 @@ Status Daemon::start() {
   ingest_ = std::make_unique<IngestLoop>(config_, *ring_, sb);
   if (Status s = ingest_->open(); !s.ok()) return s;
   ingest_thread_ = std::thread([this] {
+    name_this_thread("runneld-ingest");
     ingest_status_ = ingest_->run();
     if (!ingest_status_.ok()) {
       spdlog::critical("ingest loop failed: {}", ingest_status_.ToString());

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <spdlog/spdlog.h>
 
+#include "daemon/thread_name.h"
+
 namespace runnel {
 namespace {
 
@@ -79,6 +81,7 @@ Status Journal::attach(ipc::Ring& ring) {
 
 void Journal::start(uint32_t hold_ms) {
   thread_ = std::thread([this, hold_ms] {
+    name_this_thread("runneld-journal");
     const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(hold_ms);
     while (hold_ms > 0 && !stop_.load() && std::chrono::steady_clock::now() < until) {
       publish_stats();

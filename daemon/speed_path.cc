@@ -10,6 +10,7 @@
 #include <oneapi/tbb/task_arena.h>
 #include <spdlog/spdlog.h>
 
+#include "daemon/thread_name.h"
 #include "model/generation.h"
 #include "model/known_rows.h"
 #include "model/clock.h"
@@ -235,7 +236,10 @@ bool SpeedPath::announce_absorbed() {
 }
 
 void SpeedPath::start() {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("runneld-speed");  // its oneTBB workers too
+    run();
+  });
 }
 
 void SpeedPath::route(Worker& w, uint32_t slice) {
