@@ -2,8 +2,10 @@
 // shared by the ring, the live tables and the series dictionary.
 #include "ipc/shm_object.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <boost/interprocess/mapped_region.hpp>
@@ -21,6 +23,21 @@ namespace bip = boost::interprocess;
 struct ShmObject::Region {
   bip::mapped_region region;
 };
+
+namespace {
+
+// Asks for transparent huge pages on a large mapping. The ring and the live tables are read and
+// written at random across hundreds of MiB: with 4 KiB pages nearly every entry access is also
+// a TLB miss. The kernel honours the advice only where the tmpfs behind /dev/shm allows it
+// (mount option huge=advise, or huge=within_size / always; Debian mounts it huge=never by
+// default, and then this changes nothing): see README "Tuning". Failure (a kernel without THP) is
+// harmless and not reported.
+void advise_huge_pages(void* data, size_t bytes) {
+  constexpr size_t kHugePageBytes = size_t{2} << 20;
+  if (bytes >= kHugePageBytes) ::madvise(data, bytes, MADV_HUGEPAGE);
+}
+
+}  // namespace
 
 uint64_t random_instance_id() {
   std::random_device rd;
@@ -74,12 +91,6 @@ Result<ShmObject> ShmObject::create(std::string_view kind, const std::string& na
   obj.kind_ = kind;
   obj.name_ = name;
   obj.region_ = std::make_unique<Region>();
-  if (options.reserve) {
-    const int err =
-        posix_fallocate(shm->get_mapping_handle().handle, 0, static_cast<off_t>(size_bytes));
-    if (err != 0)
-      return fail(Status::Errno(fmt::format("{}: reserving {} bytes", where, size_bytes), err));
-  }
   try {
     shm->truncate(static_cast<bip::offset_t>(size_bytes));
     obj.region_->region = bip::mapped_region(*shm, bip::read_write);
@@ -89,6 +100,24 @@ Result<ShmObject> ShmObject::create(std::string_view kind, const std::string& na
   }
   obj.data_ = static_cast<std::byte*>(obj.region_->region.get_address());
   obj.size_ = obj.region_->region.get_size();
+  advise_huge_pages(obj.data_, obj.size_);
+  if (options.reserve) {
+    // Through the mapping, after the advice, so that huge pages are what gets allocated
+    // (posix_fallocate allocates without a mapping: small pages under huge=advise). Both fail
+    // with an error where a full /dev/shm would otherwise raise SIGBUS later.
+    int err = 0;
+    if (::madvise(obj.data_, obj.size_, MADV_POPULATE_WRITE) != 0) {
+      err = errno;
+      if (err == EINVAL) {  // before Linux 5.14
+        err = posix_fallocate(shm->get_mapping_handle().handle, 0, static_cast<off_t>(size_bytes));
+      }
+    }
+    if (err != 0) {
+      obj = ShmObject();
+      return fail(Status::Errno(
+          fmt::format("{}: reserving {} bytes (is /dev/shm full?)", where, size_bytes), err));
+    }
+  }
   return obj;
 }
 
@@ -115,6 +144,7 @@ Result<ShmObject> ShmObject::open(std::string_view kind, const std::string& name
         obj.region_->region = bip::mapped_region(shm, mode);
         obj.data_ = static_cast<std::byte*>(obj.region_->region.get_address());
         obj.size_ = obj.region_->region.get_size();
+        advise_huge_pages(obj.data_, obj.size_);
         const auto* magic = std::launder(reinterpret_cast<const std::atomic<uint64_t>*>(obj.data_));
         // Acquire: pairs with the creator's release store of the magic after the header.
         if (magic->load(std::memory_order_acquire) != 0 || attempt == 99) return obj;
