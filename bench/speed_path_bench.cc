@@ -5,6 +5,7 @@
 // is the process's minus the producer's, so the figure is the speed path's own cost.
 #include <time.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -21,6 +22,7 @@
 #include "ipc/ring.h"
 #include "ipc/series_dictionary.h"
 #include "ipc/stats.h"
+#include "model/generation.h"
 #include "model/line_protocol.h"
 #include "model/record.h"
 #include "model/view.h"
@@ -95,9 +97,11 @@ struct ScopedObjects {
   const std::string name;
 };
 
-Result<ipc::Ring> make_ring(const std::string& name, uint64_t bytes) {
+// The ring's epoch carries the generation size, as runneld's does (ring.generation_bytes).
+Result<ipc::Ring> make_ring(const std::string& name, uint64_t bytes, unsigned generation_shift) {
   ipc::RingOptions ro;
   ro.mode = 0600;
+  ro.epoch = make_ring_epoch(1, generation_shift);
   return ipc::Ring::open_or_create(name + ".ring", bytes, ro);
 }
 
@@ -105,7 +109,7 @@ Result<ipc::Ring> make_ring(const std::string& name, uint64_t bytes) {
 Run baseline(const Records& records, uint64_t ring_bytes) {
   const ScopedObjects objects(shm_name("base"));
   const std::string& name = objects.name;
-  auto ring = make_ring(name, ring_bytes);
+  auto ring = make_ring(name, ring_bytes, kGenerationShift);
   if (!ring.ok()) throw std::runtime_error(ring.status().ToString());
   auto consumer = ring->attach_consumer(ipc::kSpeedPathConsumer, ipc::Ring::StartAt::kNow);
   if (!consumer.ok()) throw std::runtime_error(consumer.status().ToString());
@@ -133,40 +137,76 @@ Run baseline(const Records& records, uint64_t ring_bytes) {
 
 struct SpeedRun : Run {
   uint64_t late = 0, overflow = 0, forced = 0;
+  ipc::LiveViewStats table;  // the view's counters at the end
 };
 
-SpeedRun speed(const Records& records, uint64_t ring_bytes, uint32_t workers, uint64_t capacity,
-               uint32_t batch_records, const std::vector<int64_t>& widths_ns) {
+// What the speed path runs with (0: runneld's default).
+struct SpeedOptions {
+  uint64_t ring_bytes = 0;
+  uint32_t workers = 0;
+  uint64_t capacity = 0;
+  uint32_t batch_records = 0;
+  std::vector<int64_t> widths_ns;
+  // >= 0: as with a batch layer (live entries keyed by generation), and a thread plays the
+  // batch layer: it announces as absorbed each generation absorb_lag + 1 behind the one the
+  // speed path has reached. -1: no batch layer.
+  int64_t absorb_lag = -1;
+};
+
+SpeedRun speed(const Records& records, const SpeedOptions& o) {
   const ScopedObjects objects(shm_name("speed"));
   const std::string& name = objects.name;
   ConfigOverrides overrides;
   overrides.shm_name = name;
   Config config = load_config(std::nullopt, overrides);
-  config.speed_workers = workers;
-  if (capacity != 0) config.views.front().capacity = capacity;
-  if (!widths_ns.empty()) config.views.front().widths_ns = widths_ns;
-  if (batch_records != 0) config.speed_batch_records = batch_records;
-  auto ring = make_ring(name, ring_bytes);
+  config.speed_workers = o.workers;
+  if (o.capacity != 0) config.views.front().capacity = o.capacity;
+  if (!o.widths_ns.empty()) config.views.front().widths_ns = o.widths_ns;
+  if (o.batch_records != 0) config.speed_batch_records = o.batch_records;
+  auto ring = make_ring(name, o.ring_bytes, config.ring_generation_shift);
   if (!ring.ok()) throw std::runtime_error(ring.status().ToString());
   auto stats = ipc::StatsSegment::create(name, 0600, -1);
   if (!stats.ok()) throw std::runtime_error(stats.status().ToString());
   auto path = std::make_unique<SpeedPath>(config, *ring, (*stats)->block());
   if (Status s = path->open(); !s.ok()) throw std::runtime_error(s.ToString());
   if (Status s = path->attach(); !s.ok()) throw std::runtime_error(s.ToString());
+  if (o.absorb_lag >= 0) path->enable_absorption();
+  const ipc::StatsBlock& block = (*stats)->block();
   const auto t0 = std::chrono::steady_clock::now();
   const double cpu0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
   path->start();
+  std::atomic<bool> produced{false};
+  std::thread absorber;
+  if (o.absorb_lag >= 0) {
+    absorber = std::thread([&] {
+      const uint64_t epoch = ring->epoch();
+      const uint64_t behind = static_cast<uint64_t>(o.absorb_lag) + 1;
+      uint64_t announced = kNoGeneration;
+      while (!produced.load(std::memory_order_relaxed)) {
+        const uint64_t reached = generation_of(epoch, block.get(ipc::Counter::kRingSpeedPos));
+        if (reached >= generation_of(epoch, 0) + behind && reached - behind > announced) {
+          announced = reached - behind;
+          for (uint32_t v = 0; v < config.views.size(); ++v) path->absorbed(v, announced);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
   double producer_cpu = produce(*ring, records);
+  produced.store(true, std::memory_order_relaxed);
+  if (absorber.joinable()) absorber.join();
   if (Status s = path->stop_and_drain(); !s.ok()) throw std::runtime_error(s.ToString());
   SpeedRun r;
   r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.cpu_s = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu0 - producer_cpu;
-  const ipc::StatsBlock& block = (*stats)->block();
   if (block.get(ipc::Counter::kSpeedRecords) != records.ends.size())
     throw std::runtime_error("speed path: not every record was folded in");
   r.late = block.get(ipc::Counter::kSpeedLate);
   r.overflow = block.get(ipc::Counter::kSpeedOverflow);
   r.forced = block.get(ipc::Counter::kSpeedForcedEvictions);
+  auto reader = ipc::LiveTableReader::open(name);
+  if (!reader.ok()) throw std::runtime_error(reader.status().ToString());
+  r.table = reader->tables().stats(0);
   return r;
 }
 
@@ -179,11 +219,17 @@ int main(int argc, char** argv) {
   uint32_t workers = 2;
   uint64_t capacity = 0;
   uint32_t batch_records = 0;
+  int64_t absorb_lag = -1;
   app.add_option("-n,--events", events, "W1 events")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--ring-mib", ring_mib, "ring capacity, MiB (power of two)")->capture_default_str();
   app.add_option("--workers", workers, "speed.workers (power of two)")->capture_default_str();
   app.add_option("--capacity", capacity, "the default view's capacity, entries (0: its default)");
   app.add_option("--batch-records", batch_records, "speed.batch_records (0: the default)");
+  app.add_option("--absorb-lag", absorb_lag,
+                 "as with a batch layer that absorbs each generation this many generations after "
+                 "the speed path left it (-1: no batch layer; large: compaction held back)")
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40))
+      ->capture_default_str();
   std::vector<std::string> widths;
   app.add_option("--widths", widths, "the default view's bucket widths instead of 1s,1m,1h (e.g. 1s)")
       ->delimiter(',');
@@ -200,11 +246,21 @@ int main(int argc, char** argv) {
   try {
     const Records records = build(events);
     const Run base = baseline(records, ring_mib << 20);
-    const SpeedRun run = speed(records, ring_mib << 20, workers, capacity, batch_records, widths_ns);
+    SpeedOptions o;
+    o.ring_bytes = ring_mib << 20;
+    o.workers = workers;
+    o.capacity = capacity;
+    o.batch_records = batch_records;
+    o.widths_ns = widths_ns;
+    o.absorb_lag = absorb_lag;
+    const SpeedRun run = speed(records, o);
     const double n = static_cast<double>(events);
-    fmt::print("runnel speed path, workload W1, default view{}: {} events, {} workers, ring {} MiB\n",
+    fmt::print("runnel speed path, workload W1, default view{}: {} events, {} workers, ring {} MiB{}\n",
                widths.empty() ? "" : fmt::format(" (widths {})", fmt::join(widths, ",")), events,
-               workers, ring_mib);
+               workers, ring_mib,
+               absorb_lag < 0 ? ""
+                              : fmt::format(", batch layer absorbing {} generation(s) behind",
+                                            absorb_lag + 1));
     fmt::print("baseline: ring read + validate   {:>10.0f} events/s  cpu {:.3f} s per 1M events\n",
                n / base.wall_s, base.cpu_s / (n / 1e6));
     fmt::print("SpeedPath into the live tables   {:>10.0f} events/s  cpu {:.3f} s per 1M events"
@@ -212,6 +268,10 @@ int main(int argc, char** argv) {
                n / run.wall_s, run.cpu_s / (n / 1e6), base.wall_s / run.wall_s);
     fmt::print("  late {} overflow {} forced evictions {} ({:.2f} per event)\n", run.late,
                run.overflow, run.forced, static_cast<double>(run.forced) / n);
+    const ipc::LiveViewStats& t = run.table;
+    fmt::print("  table: {} inserts ({:.2f} per event), at the end {} of {} slots used, {} tombstones\n",
+               t.inserts, static_cast<double>(t.inserts) / n, t.entries_used, t.capacity_entries,
+               t.tombstones);
   } catch (const std::exception& e) {
     fmt::print(stderr, "runnel-speed-bench: {}\n", e.what());
     return 1;
