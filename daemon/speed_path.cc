@@ -28,8 +28,10 @@ constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
 constexpr uint64_t kLooksPerInsert = 2;
 constexpr uint64_t kMinLooks = 256;
 constexpr int64_t kEvictEveryNs = 1'000'000'000;
-// Updates whose entries are prefetched ahead of the one being applied.
+// Updates whose entries are prefetched ahead of the one being applied; with a batch layer,
+// their slot index bytes kIndexAhead updates ahead (powers of two).
 constexpr size_t kPrefetchAhead = 4;
+constexpr size_t kIndexAhead = 8;
 // A shard is under pressure from this load (tenths of its slots occupied or tombstones) on:
 // linear probing slows down sharply as the load grows. Evictions for room bring it back to
 // kRoomTenths.
@@ -312,13 +314,18 @@ void SpeedPath::apply(Worker& w, uint32_t shard) {
 void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
   // The table is far larger than the caches: each update's entries are prefetched
   // kPrefetchAhead updates early, so the memory latencies overlap. Keys and home slots are
-  // computed once, at the prefetch, into a ring of kPrefetchAhead.
+  // computed once, at the prefetch, into a ring of `lead` updates.
+  // With a batch layer, a key often lies past its home slot (every unabsorbed generation of a
+  // bucket has an entry on its chain, the newest last): its slot index bytes are loaded
+  // kIndexAhead updates early, and kPrefetchAhead updates early the entry they point at.
   struct Prepared {
     ipc::EntryKey keys[ViewDef::kMaxWidths];
     ipc::ShardWriter::Home homes[ViewDef::kMaxWidths];
     uint32_t count;
+    uint32_t view;
   };
-  Prepared ahead[kPrefetchAhead];
+  Prepared ahead[kIndexAhead];
+  const size_t lead = absorbing_ ? kIndexAhead : kPrefetchAhead;
   // The bucket starts of the last update prepared: the fields of one record follow each other
   // and share them (a division per width saved).
   const Pending* last = nullptr;
@@ -327,6 +334,7 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
     const auto& widths = config_.views[p.view].widths_ns;
     const ipc::ShardWriter& writer = w.writers[p.view];
     out.count = static_cast<uint32_t>(widths.size());
+    out.view = p.view;
     if (last == nullptr || last->ts_ns != p.ts_ns || last->view != p.view) {
       for (uint32_t wi = 0; wi < out.count; ++wi) starts[wi] = bucket_start(p.ts_ns, widths[wi]);
     }
@@ -334,14 +342,25 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
     for (uint32_t wi = 0; wi < out.count; ++wi) {
       out.keys[wi] = {p.row_id, wi, starts[wi], p.generation};
       out.homes[wi] = writer.home(out.keys[wi]);
-      writer.prefetch(out.homes[wi]);
+      if (absorbing_) {
+        writer.prefetch_index(out.homes[wi]);
+      } else {
+        writer.prefetch(out.homes[wi]);
+      }
     }
   };
+  auto prefetch_tagged = [&](const Prepared& at) {
+    const ipc::ShardWriter& writer = w.writers[at.view];
+    for (uint32_t wi = 0; wi < at.count; ++wi) writer.prefetch_tagged(at.homes[wi]);
+  };
   const size_t n = updates.size();
-  for (size_t i = 0; i < std::min(n, kPrefetchAhead); ++i) prepare(updates[i], ahead[i]);
+  for (size_t i = 0; i < std::min(n, lead); ++i) prepare(updates[i], ahead[i]);
+  if (absorbing_) {
+    for (size_t i = 0; i < std::min(n, kPrefetchAhead); ++i) prefetch_tagged(ahead[i]);
+  }
   for (size_t i = 0; i < n; ++i) {
     const Pending& p = updates[i];
-    Prepared& cur = ahead[i % kPrefetchAhead];
+    Prepared& cur = ahead[i & (lead - 1)];
     ipc::ShardWriter& writer = w.writers[p.view];
     const AggregateLayout& layout = layouts_[p.view];
     const std::span<std::byte> scratch(w.scratch.data(), layout.state_bytes());
@@ -364,7 +383,10 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
       writer.end_write(e);
     }
     w.view_changed[p.view] = true;
-    if (i + kPrefetchAhead < n) prepare(updates[i + kPrefetchAhead], cur);
+    if (i + lead < n) prepare(updates[i + lead], cur);
+    if (absorbing_ && i + kPrefetchAhead < n) {
+      prefetch_tagged(ahead[(i + kPrefetchAhead) & (lead - 1)]);
+    }
   }
 }
 
@@ -378,14 +400,17 @@ void SpeedPath::evict(Worker& w, bool idle) {
   // - under pressure (an update found no room, or kPressureTenths of the shard's slots hold
   //   entries or tombstones), the oldest closed buckets leave, however recent, until the shard
   //   is back at kRoomTenths: the live tables keep as much of the newest history as fits. A
-  //   bucket still open at the watermark never leaves, nor does one updated since it was last
-  //   looked at (a second chance: a stream far behind the others still updates buckets that
-  //   are closed at the watermark). These count as forced evictions; with a batch layer the
-  //   batch views serve them once absorbed.
+  //   bucket still open at the watermark never leaves, unless its entry belongs to a
+  //   generation older than the batch's (with a batch layer: no event can reach that entry any
+  //   more, and while compaction trails, such entries of wide buckets would fill the shard);
+  //   nor does one updated since it was last looked at (a second chance: a stream far behind
+  //   the others still updates buckets that are closed at the watermark). These count as
+  //   forced evictions; with a batch layer the batch views serve them once absorbed.
   // The oldest entry that stays is queued again if entries behind it may still leave: under
   // pressure (the oldest entries may come from a stream far behind the others), or when it is
   // a wide bucket still open that started before the age cutoff; otherwise the look ends.
   const int64_t watermark = batch_watermark_ns_;
+  const uint64_t generation = batch_generation_;
   const int64_t now = realtime_ns();
   const bool periodic = now - w.last_evict_ns >= kEvictEveryNs;
   if (periodic) w.last_evict_ns = now;
@@ -421,7 +446,8 @@ void SpeedPath::evict(Worker& w, bool idle) {
           const int64_t end = m.key.bucket_start_ns + def.widths_ns[m.key.width_index];
           const bool gone = (absorbed != kNoGeneration && m.key.generation <= absorbed) ||
                             (by_age && end <= cutoff);
-          if (gone || for_room == 0 || end > watermark || updated) {
+          const bool open = end > watermark && m.key.generation >= generation;
+          if (gone || for_room == 0 || open || updated) {
             if (gone && for_room > 0) --for_room;
             return gone;
           }
@@ -481,6 +507,8 @@ void SpeedPath::fold_batch(tbb::task_arena& arena) {
   // (the announcement precedes every eviction it covers).
   announce_absorbed();
   batch_watermark_ns_ = watermark_ns_.load(std::memory_order_relaxed);
+  // Batches follow the log (and the ring), whose generations never decrease.
+  if (!batch_.empty()) batch_generation_ = std::max(batch_generation_, batch_.back().generation);
   // Release: publishes the batch to the workers (route() and apply() acquire it). oneTBB
   // orders task bodies with the caller too, but inside its library, where ThreadSanitizer cannot
   // see it; this pair (and done_batch) states the hand-off in code that TSan checks.

@@ -14,6 +14,7 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include "daemon/config.h"
+#include "model/generation.h"
 #include "ipc/live_table.h"
 #include "ipc/ring.h"
 #include "ipc/series_dictionary.h"
@@ -103,6 +104,9 @@ class SpeedPath {
   bool absorbing_ = false;                // a batch layer takes over absorbed generations
   std::vector<uint64_t> evicted_generation_;  // per view: announced (consumer thread)
   int64_t batch_watermark_ns_ = INT64_MIN;  // frozen for the duration of one batch
+  // The newest generation in the batch (kNoGeneration without a batch layer): live entries of
+  // older generations can take no more events.
+  uint64_t batch_generation_ = kNoGeneration;
   std::atomic<uint64_t> batch_seq_{0};      // batches handed to the workers (fold_batch)
   bool evict_pending_ = false;  // a worker may still hold absorbed entries to evict
   std::thread thread_;

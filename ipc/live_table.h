@@ -197,6 +197,13 @@ class ShardWriter {
   // cache, so that several lookups' memory latencies overlap (the table is far larger than the
   // caches).
   void prefetch(Home home) const;
+  // The same for keys that often lie past their home slot (with a batch layer every
+  // unabsorbed generation of a bucket has an entry on its chain, the newest last): reads the
+  // slot index now (it should be cached: prefetch() it earlier) and loads the entry of the
+  // first of eight slots from home whose tag matches, else the home slot's.
+  void prefetch_tagged(Home home) const;
+  // Starts loading the key's slot index bytes only (for prefetch_tagged() later).
+  void prefetch_index(Home home) const;
 
   // Brackets every change to an entry. begin_write makes seq odd (relaxed store) and then issues
   // a release fence, which pairs with the reader's acquire fence before its second seq load: a

@@ -72,7 +72,8 @@ Config speed_config(const Instance& instance, const ViewDef& view, uint32_t batc
   return config;
 }
 
-// A running SpeedPath on a new 1 MiB ring (of ring epoch `epoch`) and stats segment.
+// A running SpeedPath on a new 1 MiB ring (of ring epoch `epoch`) and stats segment;
+// `absorbing`: as with a batch layer (live entries keyed by generation).
 struct Running {
   Config config;  // the SpeedPath keeps a reference
   std::optional<ipc::Ring> ring;
@@ -80,7 +81,8 @@ struct Running {
   std::unique_ptr<SpeedPath> speed;
 };
 
-void start(const Instance& instance, Config config, uint64_t epoch, Running* r) {
+void start(const Instance& instance, Config config, uint64_t epoch, Running* r,
+           bool absorbing = false) {
   r->config = std::move(config);
   ipc::RingOptions ro;
   ro.mode = 0600;
@@ -94,6 +96,7 @@ void start(const Instance& instance, Config config, uint64_t epoch, Running* r) 
   r->speed = std::make_unique<SpeedPath>(r->config, *r->ring, r->stats->block());
   ASSERT_TRUE(r->speed->open().ok());
   ASSERT_TRUE(r->speed->attach().ok());
+  if (absorbing) r->speed->enable_absorption();
   r->speed->start();
 }
 
@@ -232,6 +235,61 @@ TEST(SpeedPathTest, UnderPressureTheOldestBucketsLeaveAndTheNewestStay) {
   EXPECT_EQ(buckets.back() - buckets.front() + 1, static_cast<int64_t>(buckets.size()));
   EXPECT_GE(buckets.size(), 2048u / 10);
   EXPECT_LT(buckets.size(), kPoints);
+  speed.reset();
+}
+
+// With a batch layer that absorbs nothing (compaction held back), a bucket still open gets a
+// new entry in every generation. Under pressure those of past generations leave like closed
+// buckets (no event can reach them any more), so new events keep finding room; before, they
+// stayed until absorbed, and the updates overflowed.
+TEST(SpeedPathTest, UnderPressureWithABatchLayerEntriesOfPastGenerationsLeave) {
+  Instance instance;
+  ViewDef view = default_view();
+  constexpr int64_t kHour = 3'600'000'000'000;
+  view.widths_ns = {kHour};
+  view.aggregates = {"count"};
+  view.capacity = 4096;  // 2048 slots per shard
+  constexpr uint64_t kPoints = 20'000;
+  constexpr int kManyHosts = 1000;
+  Running run;
+  // Generations of 4 KiB of ring positions: a few dozen events each, hundreds in the run.
+  start(instance, speed_config(instance, view, 64), make_ring_epoch(1, 12), &run, true);
+  ASSERT_TRUE(run.speed);
+  auto& ring = run.ring;
+  auto& speed = run.speed;
+  const ipc::StatsBlock& block = run.stats->block();
+
+  LineParser parser;
+  std::vector<std::byte> record;
+  // Every event in the last hour's bucket, which stays open: the watermark never leaves it.
+  const int64_t start_ns = (realtime_ns() / kHour - 1) * kHour;
+  std::string last_line;
+  for (uint64_t i = 0; i < kPoints; ++i) {
+    last_line = "cpu,host=h" + std::to_string(i % kManyHosts) + " v=1 " +
+                std::to_string(start_ns + static_cast<int64_t>(i) * 100'000'000);
+    const char* reason = "";
+    ASSERT_EQ(parser.parse(last_line, {}, 0, &record, &reason), ParseError::kOk) << reason;
+    while (ring->try_write(record) == ipc::WriteStatus::kFull) ring->wait_for_space(record.size(), 10ms);
+  }
+  const uint64_t last_generation = generation_of(ring->epoch(), ring->claim_position() - 1);
+  ASSERT_TRUE(speed->stop_and_drain().ok());
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedRecords), kPoints);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedLate), 0u);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedOverflow), 0u);
+  EXPECT_GT(block.get(ipc::Counter::kSpeedForcedEvictions), 0u);
+
+  auto reader = ipc::LiveTableReader::open(instance.name());
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  uint64_t entries = 0, newest = 0;
+  reader->tables().scan(0, std::nullopt, [&](const ipc::EntryMeta& m, std::span<const std::byte>) {
+    ++entries;
+    EXPECT_EQ(m.key.bucket_start_ns, start_ns);
+    if (m.key.generation == last_generation) ++newest;
+  });
+  // The newest generation's entries stayed (among them the last event's), and the shards
+  // were brought back to their room.
+  EXPECT_GT(newest, 0u);
+  EXPECT_LT(entries, uint64_t{view.capacity} / 2);
   speed.reset();
 }
 
