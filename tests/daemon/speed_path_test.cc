@@ -100,6 +100,27 @@ void start(const Instance& instance, Config config, uint64_t epoch, Running* r,
   r->speed->start();
 }
 
+// Parses lines and writes their records into a ring, waiting for space.
+struct LineWriter {
+  LineParser parser;
+  std::vector<std::byte> record;
+  void write(ipc::Ring& ring, const std::string& line) {
+    const char* reason = "";
+    ASSERT_EQ(parser.parse(line, {}, 0, &record, &reason), ParseError::kOk) << reason;
+    while (ring.try_write(record) == ipc::WriteStatus::kFull) ring.wait_for_space(record.size(), 10ms);
+  }
+};
+
+// After stop_and_drain() of a run whose table was too small: every point was folded in, none
+// late or lost to overflow, and some entries left for room.
+void expect_every_point_folded_with_forced_evictions(const ipc::StatsBlock& block,
+                                                     uint64_t points) {
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedRecords), points);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedLate), 0u);
+  EXPECT_EQ(block.get(ipc::Counter::kSpeedOverflow), 0u);
+  EXPECT_GT(block.get(ipc::Counter::kSpeedForcedEvictions), 0u);
+}
+
 struct Checked {
   std::atomic<uint64_t> entries{0};
   std::atomic<uint64_t> inconsistent{0};
@@ -143,15 +164,11 @@ TEST(SpeedPathTest, ReadersRacingWithTheWorkersSeeOnlyConsistentEntriesAndEveryE
 
   std::atomic<bool> produced{false};
   std::thread producer([&] {
-    LineParser parser;
-    std::vector<std::byte> record;
+    LineWriter writer;
     const int64_t start_ns = realtime_ns() - 10 * 60'000'000'000LL;  // inside the live window
     for (uint64_t i = 0; i < kEvents; ++i) {
-      const std::string line = "cpu,host=h" + std::to_string(i % kHosts) + " v=2.5 " +
-                               std::to_string(start_ns + static_cast<int64_t>(i) * 1'000'000);
-      const char* reason = "";
-      ASSERT_EQ(parser.parse(line, {}, 0, &record, &reason), ParseError::kOk) << reason;
-      while (ring->try_write(record) == ipc::WriteStatus::kFull) ring->wait_for_space(record.size(), 10ms);
+      writer.write(*ring, "cpu,host=h" + std::to_string(i % kHosts) + " v=2.5 " +
+                              std::to_string(start_ns + static_cast<int64_t>(i) * 1'000'000));
     }
     produced = true;
   });
@@ -203,21 +220,13 @@ TEST(SpeedPathTest, UnderPressureTheOldestBucketsLeaveAndTheNewestStay) {
   auto& speed = run.speed;
   const ipc::StatsBlock& block = run.stats->block();
 
-  LineParser parser;
-  std::vector<std::byte> record;
+  LineWriter writer;
   const int64_t start_ns = (realtime_ns() / kSecond - static_cast<int64_t>(kPoints)) * kSecond;
   for (uint64_t i = 0; i < kPoints; ++i) {
-    const std::string line =
-        "cpu,host=h0 v=1 " + std::to_string(start_ns + static_cast<int64_t>(i) * kSecond);
-    const char* reason = "";
-    ASSERT_EQ(parser.parse(line, {}, 0, &record, &reason), ParseError::kOk) << reason;
-    while (ring->try_write(record) == ipc::WriteStatus::kFull) ring->wait_for_space(record.size(), 10ms);
+    writer.write(*ring, "cpu,host=h0 v=1 " + std::to_string(start_ns + static_cast<int64_t>(i) * kSecond));
   }
   ASSERT_TRUE(speed->stop_and_drain().ok());
-  EXPECT_EQ(block.get(ipc::Counter::kSpeedRecords), kPoints);
-  EXPECT_EQ(block.get(ipc::Counter::kSpeedLate), 0u);
-  EXPECT_EQ(block.get(ipc::Counter::kSpeedOverflow), 0u);
-  EXPECT_GT(block.get(ipc::Counter::kSpeedForcedEvictions), 0u);
+  expect_every_point_folded_with_forced_evictions(block, kPoints);
 
   auto reader = ipc::LiveTableReader::open(instance.name());
   ASSERT_TRUE(reader.ok()) << reader.status().ToString();
@@ -259,24 +268,16 @@ TEST(SpeedPathTest, UnderPressureWithABatchLayerEntriesOfPastGenerationsLeave) {
   auto& speed = run.speed;
   const ipc::StatsBlock& block = run.stats->block();
 
-  LineParser parser;
-  std::vector<std::byte> record;
+  LineWriter writer;
   // Every event in the last hour's bucket, which stays open: the watermark never leaves it.
   const int64_t start_ns = (realtime_ns() / kHour - 1) * kHour;
-  std::string last_line;
   for (uint64_t i = 0; i < kPoints; ++i) {
-    last_line = "cpu,host=h" + std::to_string(i % kManyHosts) + " v=1 " +
-                std::to_string(start_ns + static_cast<int64_t>(i) * 100'000'000);
-    const char* reason = "";
-    ASSERT_EQ(parser.parse(last_line, {}, 0, &record, &reason), ParseError::kOk) << reason;
-    while (ring->try_write(record) == ipc::WriteStatus::kFull) ring->wait_for_space(record.size(), 10ms);
+    writer.write(*ring, "cpu,host=h" + std::to_string(i % kManyHosts) + " v=1 " +
+                            std::to_string(start_ns + static_cast<int64_t>(i) * 100'000'000));
   }
   const uint64_t last_generation = generation_of(ring->epoch(), ring->claim_position() - 1);
   ASSERT_TRUE(speed->stop_and_drain().ok());
-  EXPECT_EQ(block.get(ipc::Counter::kSpeedRecords), kPoints);
-  EXPECT_EQ(block.get(ipc::Counter::kSpeedLate), 0u);
-  EXPECT_EQ(block.get(ipc::Counter::kSpeedOverflow), 0u);
-  EXPECT_GT(block.get(ipc::Counter::kSpeedForcedEvictions), 0u);
+  expect_every_point_folded_with_forced_evictions(block, kPoints);
 
   auto reader = ipc::LiveTableReader::open(instance.name());
   ASSERT_TRUE(reader.ok()) << reader.status().ToString();
