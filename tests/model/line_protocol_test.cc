@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 
 namespace runnel {
 
@@ -252,6 +254,41 @@ TEST(LineParser, RejectsBadTimestamps) {
   EXPECT_EQ(error_of("m v=1 +5"), ParseError::kTimestamp);
   EXPECT_EQ(error_of("m v=1 9223372036854775808"), ParseError::kTimestamp);
   EXPECT_EQ(error_of("m v=1 5 6"), ParseError::kTimestamp);
+}
+
+// Timestamps of up to 19 digits are read eight digits at a time; every length, sign and edge
+// must read as std::from_chars reads it, and what it refuses must be refused.
+TEST(LineParser, ReadsTimestampsOfEveryLengthAsFromChars) {
+  std::mt19937_64 rng(7);
+  for (int digits = 1; digits <= 19; ++digits) {
+    for (int i = 0; i < 200; ++i) {
+      std::string ts;
+      for (int d = 0; d < digits; ++d) ts.push_back(static_cast<char>('0' + rng() % 10));
+      for (const std::string& t : {ts, "-" + ts}) {
+        int64_t want = 0;
+        const auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), want);
+        ASSERT_EQ(ptr, t.data() + t.size()) << t;
+        const std::string got = canon("m v=1i " + t);
+        if (ec != std::errc()) {
+          EXPECT_EQ(got, "!timestamp") << t;
+        } else {
+          EXPECT_EQ(got, "m v=1i " + std::to_string(want)) << t;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(canon("m v=1i 9223372036854775807"), "m v=1i 9223372036854775807");
+  EXPECT_EQ(canon("m v=1i -9223372036854775808"), "m v=1i -9223372036854775808");
+  EXPECT_EQ(canon("m v=1i -9223372036854775809"), "!timestamp");
+  EXPECT_EQ(canon("m v=1i 9999999999999999999"), "!timestamp");
+  EXPECT_EQ(canon("m v=1i 00000000000000000000000042"), "m v=1i 42");  // leading zeros
+  EXPECT_EQ(canon("m v=1i -0"), "m v=1i 0");
+  EXPECT_EQ(canon("m v=1i 1700000000000000000   "), "m v=1i 1700000000000000000");
+  EXPECT_EQ(error_of("m v=1 -"), ParseError::kTimestamp);
+  EXPECT_EQ(error_of("m v=1 12345678a"), ParseError::kTimestamp);
+  EXPECT_EQ(error_of("m v=1 1234567812345678x"), ParseError::kTimestamp);
+  EXPECT_EQ(error_of("m v=1 12345678/2345678"), ParseError::kTimestamp);
+  EXPECT_EQ(error_of("m v=1 1700000000000000000 x"), ParseError::kTimestamp);
 }
 
 TEST(LineParser, RejectsNamesBeyondTheRecordLimits) {
