@@ -174,6 +174,40 @@ bool take_timestamp_fast(const char** pp, const char* end, int64_t* ts) {
   return true;
 }
 
+// A plain decimal float value ("-12.34": an optional '-', digits, optionally a '.' and more
+// digits, no exponent, at most 15 significant digits, at most 22 after the point), as std::from_chars
+// reads it: the mantissa and 10^k are exact doubles, so one IEEE division rounds the quotient
+// correctly, as from_chars must. False for anything else (from_chars decides then).
+bool parse_decimal_fast(std::string_view v, double* out) {
+  static constexpr double kPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+  const char* p = v.data();
+  const char* const end = p + v.size();
+  const bool negative = p != end && *p == '-';
+  if (negative) ++p;
+  uint64_t m = 0;
+  int digits = 0, after_point = -1;
+  for (; p != end; ++p) {
+    if (*p == '.') {
+      if (after_point >= 0) return false;
+      after_point = 0;
+      continue;
+    }
+    const unsigned d = static_cast<unsigned char>(*p - '0');
+    if (d >= 10 || digits == 15) return false;
+    m = m * 10 + d;
+    digits += m != 0 ? 1 : 0;  // leading zeros are not significant
+    if (after_point >= 0 && ++after_point > 22) return false;
+  }
+  const char* const first = v.data() + (negative ? 1 : 0);
+  if (p == first || *first == '.' || after_point == 0) return false;  // "", ".5", "5."
+  const double d = after_point > 0 ? static_cast<double>(m) / kPow10[after_point]
+                                   : static_cast<double>(m);
+  *out = negative ? -d : d;
+  return true;
+}
+
 // Adds the unquoted field value `v` (number or boolean) under `key`.
 RecordError add_plain_value(RecordBuilder& builder, std::string_view key, std::string_view v,
                             const char** reason) {
@@ -202,7 +236,7 @@ RecordError add_plain_value(RecordBuilder& builder, std::string_view key, std::s
     return RecordError::kFieldValue;
   }
   double d;
-  if (!parse_whole(v, &d)) {
+  if (!parse_decimal_fast(v, &d) && !parse_whole(v, &d)) {
     *reason = "invalid or out-of-range float field value";
     return RecordError::kFieldValue;
   }

@@ -291,6 +291,37 @@ TEST(LineParser, ReadsTimestampsOfEveryLengthAsFromChars) {
   EXPECT_EQ(error_of("m v=1 1700000000000000000 x"), ParseError::kTimestamp);
 }
 
+// Plain decimals ("-12.34") are read without std::from_chars; every one must read as it does.
+TEST(LineParser, ReadsPlainDecimalFloatsAsFromChars) {
+  std::mt19937_64 rng(11);
+  std::vector<std::string> values = {"0.0", "-0.0", "0", "-0", "007.50", "0.1", "0.3", "2.675",
+                                     "123456789012345", "1234567890123456", "0.0000000000000000000001",
+                                     "0.00000000000000000000001", "9007199254740993", "5.", ".5",
+                                     "-.5", "1e5", "1.5.5", "-", "12a.5"};
+  for (int i = 0; i < 20000; ++i) {
+    std::string v = rng() % 2 ? "-" : "";
+    const int before = 1 + static_cast<int>(rng() % 12), after = static_cast<int>(rng() % 12);
+    for (int d = 0; d < before; ++d) v.push_back(static_cast<char>('0' + rng() % 10));
+    if (after > 0) v.push_back('.');
+    for (int d = 0; d < after; ++d) v.push_back(static_cast<char>('0' + rng() % 10));
+    values.push_back(v);
+  }
+  for (const std::string& v : values) {
+    double want = 0;
+    const auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), want);
+    const bool valid = ec == std::errc() && ptr == v.data() + v.size();
+    const Parsed got = parse_line("m v=" + v + " 1");
+    if (!valid) {
+      EXPECT_EQ(got.error, ParseError::kFieldValue) << v;
+      continue;
+    }
+    ASSERT_EQ(got.error, ParseError::kOk) << v;
+    char shortest[32];  // the canonical line prints floats in their shortest exact form
+    const auto res = std::to_chars(shortest, shortest + sizeof shortest, want);
+    EXPECT_EQ(got.line, "m v=" + std::string(shortest, res.ptr) + " 1\n") << v;
+  }
+}
+
 TEST(LineParser, RejectsNamesBeyondTheRecordLimits) {
   const std::string big(65536, 'x');
   EXPECT_EQ(error_of(big + " v=1"), ParseError::kTooLong);
