@@ -56,6 +56,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 die() { echo "e2e_ingest: $*" >&2; exit 1; }
+# The huge= option of the tmpfs behind /dev/shm (README "Tuning"): advise gives runneld's shared
+# memory huge pages, which changes the speed path's cost.
+shm_huge() {
+  local opt
+  opt=$(findmnt -no OPTIONS /dev/shm 2>/dev/null | tr ',' '\n' | sed -n 's/^huge=//p' | head -1)
+  echo "${opt:-never}"
+}
 now_ns() { date +%s%N; }
 # Value of KEY in a "key=value ..." line as printed by runnel-loadgen / runnel-sink.
 kv() { grep -o "\b$1=[^ ]*" "$2" | head -1 | cut -d= -f2; }
@@ -221,7 +228,8 @@ print_row "runneld peak RSS MiB" "$(awk -v k="$hwm_kib" 'BEGIN { printf "%.1f", 
 echo
 echo "notes: loadgen send-only events/s: baseline $(kv events_per_s "$tmp/base_loadgen.out")," \
   "runneld $(kv events_per_s "$tmp/loadgen.out"); end time resolution ${poll_ms} ms;" \
-  "fsync=$fsync speed=$speed batch=$batch segment_bytes=$segment_bytes split=$split"
+  "fsync=$fsync speed=$speed batch=$batch segment_bytes=$segment_bytes split=$split" \
+  "shm_huge=$(shm_huge)"
 echo "       runneld: points_accepted=$(json_int points_accepted <<<"$stats")" \
   "log_records=$log_records speed_records=${speed_records:-n/a}" \
   "speed_overflow_updates=$(json_int speed_overflow_updates <<<"$stats")" \
