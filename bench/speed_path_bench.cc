@@ -255,7 +255,8 @@ int main(int argc, char** argv) {
     o.absorb_lag = absorb_lag;
     const SpeedRun run = speed(records, o);
     const double n = static_cast<double>(events);
-    fmt::print("runnel speed path, workload W1, default view{}: {} events, {} workers, ring {} MiB{}\n",
+    fmt::print("runnel speed path, workload W1, default view{}: {} events, {} workers, "
+               "ring {} MiB{}\n",
                widths.empty() ? "" : fmt::format(" (widths {})", fmt::join(widths, ",")), events,
                workers, ring_mib,
                absorb_lag < 0 ? ""
@@ -269,7 +270,8 @@ int main(int argc, char** argv) {
     fmt::print("  late {} overflow {} forced evictions {} ({:.2f} per event)\n", run.late,
                run.overflow, run.forced, static_cast<double>(run.forced) / n);
     const ipc::LiveViewStats& t = run.table;
-    fmt::print("  table: {} inserts ({:.2f} per event), at the end {} of {} slots used, {} tombstones\n",
+    fmt::print("  table: {} inserts ({:.2f} per event), at the end {} of {} slots used, "
+               "{} tombstones\n",
                t.inserts, static_cast<double>(t.inserts) / n, t.entries_used, t.capacity_entries,
                t.tombstones);
   } catch (const std::exception& e) {

@@ -175,9 +175,10 @@ bool take_timestamp_fast(const char** pp, const char* end, int64_t* ts) {
 }
 
 // A plain decimal float value ("-12.34": an optional '-', digits, optionally a '.' and more
-// digits, no exponent, at most 15 significant digits, at most 22 after the point), as std::from_chars
-// reads it: the mantissa and 10^k are exact doubles, so one IEEE division rounds the quotient
-// correctly, as from_chars must. False for anything else (from_chars decides then).
+// digits, no exponent, at most 15 significant digits, at most 22 after the point), as
+// std::from_chars reads it: the mantissa and 10^k are exact doubles, so one IEEE division
+// rounds the quotient correctly, as from_chars must. False for anything else (from_chars
+// decides then).
 bool parse_decimal_fast(std::string_view v, double* out) {
   static constexpr double kPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,

@@ -107,7 +107,9 @@ struct LineWriter {
   void write(ipc::Ring& ring, const std::string& line) {
     const char* reason = "";
     ASSERT_EQ(parser.parse(line, {}, 0, &record, &reason), ParseError::kOk) << reason;
-    while (ring.try_write(record) == ipc::WriteStatus::kFull) ring.wait_for_space(record.size(), 10ms);
+    while (ring.try_write(record) == ipc::WriteStatus::kFull) {
+      ring.wait_for_space(record.size(), 10ms);
+    }
   }
 };
 
@@ -223,7 +225,8 @@ TEST(SpeedPathTest, UnderPressureTheOldestBucketsLeaveAndTheNewestStay) {
   LineWriter writer;
   const int64_t start_ns = (realtime_ns() / kSecond - static_cast<int64_t>(kPoints)) * kSecond;
   for (uint64_t i = 0; i < kPoints; ++i) {
-    writer.write(*ring, "cpu,host=h0 v=1 " + std::to_string(start_ns + static_cast<int64_t>(i) * kSecond));
+    writer.write(*ring,
+                 "cpu,host=h0 v=1 " + std::to_string(start_ns + static_cast<int64_t>(i) * kSecond));
   }
   ASSERT_TRUE(speed->stop_and_drain().ok());
   expect_every_point_folded_with_forced_evictions(block, kPoints);

@@ -294,10 +294,10 @@ TEST(LineParser, ReadsTimestampsOfEveryLengthAsFromChars) {
 // Plain decimals ("-12.34") are read without std::from_chars; every one must read as it does.
 TEST(LineParser, ReadsPlainDecimalFloatsAsFromChars) {
   std::mt19937_64 rng(11);
-  std::vector<std::string> values = {"0.0", "-0.0", "0", "-0", "007.50", "0.1", "0.3", "2.675",
-                                     "123456789012345", "1234567890123456", "0.0000000000000000000001",
-                                     "0.00000000000000000000001", "9007199254740993", "5.", ".5",
-                                     "-.5", "1e5", "1.5.5", "-", "12a.5"};
+  std::vector<std::string> values = {
+      "0.0",  "-0.0",  "0",   "-0",    "007.50", "0.1",   "0.3", "2.675", "123456789012345",
+      "1234567890123456", "0.0000000000000000000001", "0.00000000000000000000001",
+      "9007199254740993", "5.", ".5", "-.5", "1e5", "1.5.5", "-", "12a.5"};
   for (int i = 0; i < 20000; ++i) {
     std::string v = rng() % 2 ? "-" : "";
     const int before = 1 + static_cast<int>(rng() % 12), after = static_cast<int>(rng() % 12);
