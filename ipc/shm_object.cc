@@ -108,7 +108,8 @@ Result<ShmObject> ShmObject::create(std::string_view kind, const std::string& na
     int err = 0;
     if (::madvise(obj.data_, obj.size_, MADV_POPULATE_WRITE) != 0) {
       err = errno;
-      if (err == EINVAL) {  // before Linux 5.14
+      // Before Linux 5.14 (EINVAL), or refused by a system-call filter: allocate without it.
+      if (err == EINVAL || err == EPERM || err == ENOSYS) {
         err = posix_fallocate(shm->get_mapping_handle().handle, 0, static_cast<off_t>(size_bytes));
       }
     }
