@@ -66,10 +66,10 @@ void CompactionStats::add(const CompactionStats& o) {
 // by id, which leaves each chain in time order unless it took late states (that chain alone is
 // then sorted, and a bucket met twice, once in order and once late, merged).
 //
-// A state that has seen one event is held as that event (i64 ts_ns, f64 value: 16 bytes), the
-// compact form the view store writes, and becomes a full AggregateLayout state at its second
-// event; layouts with a distinct count always hold full states (they depend on more than the
-// value).
+// A state that has seen one event is held as that event (i64 ts_ns, f64 value: 16 bytes) inside
+// its entry, the compact form the view store writes, and becomes a full AggregateLayout state in
+// the arena at its second event; layouts with a distinct count always hold full states (they
+// depend on more than the value).
 //
 // Only the widths a target takes directly are aggregated per event: the finest, and any width
 // that is not a multiple of it. The others are rolled up at commit from the step's states of
@@ -79,10 +79,10 @@ void CompactionStats::add(const CompactionStats& o) {
 //
 // The store takes a step's states in parts of about kPartStates records (StepTarget::more),
 // made from the sorted entries as it asks, rolled-up widths included: the records and the
-// rolled-up states of one part at a time are held, not a step's worth (W1: 72 bytes per
-// one-event state instead of 120, so a budget holds 4 steps of W1 where it held 7). The parts
-// follow the store's key order (storage/view_store.h): the row-major widths row by row, then
-// the finest width (time-major) block by block, each block's rows in order.
+// rolled-up states of one part at a time are held, not a step's worth (W1: 64 bytes per
+// one-event state, its entry and its sorted copy). The parts follow the store's key order
+// (storage/view_store.h): the row-major widths row by row, then the finest width (time-major)
+// block by block, each block's rows in order.
 //
 // Memory: all of it counts against the budget; buffers are kept across steps, so the hot path
 // allocates only while a step needs more than every earlier one did. No lock.
@@ -206,13 +206,16 @@ class Compactor::PartialStates {
     for (size_t t = 1; t <= targets_.size(); ++t)
       target_rows_[t] = std::max(target_rows_[t], target_rows_[t - 1]);
     chain_next_.assign(chain_start_.begin(), chain_start_.end() - 1);
-    sorted_.resize(entries_.size());
+    if (sorted_capacity_ < entries_.size()) {  // in huge pages: part() reads it all over
+      sorted_capacity_ = std::max(entries_.size(), sorted_capacity_ * 2);
+      sorted_ = allocate<Sorted>(sorted_capacity_);
+    }
     for (const Entry& e : entries_) {
       Sorted& d = sorted_[chain_next_[e.chain]++];
       d.bucket = e.bucket;
       d.single = e.single;
       if (e.single != 0) {
-        std::memcpy(d.event, arena_.get() + e.offset, kEventBytes);
+        std::memcpy(d.event, e.event, kEventBytes);
       } else {
         d.offset = e.offset;
       }
@@ -287,9 +290,9 @@ class Compactor::PartialStates {
   static constexpr size_t kHugePage = size_t{2} << 20;
   static constexpr size_t kEventBytes = 16;  // i64 ts_ns, f64 value
   static constexpr uint32_t kNone = UINT32_MAX;
-  // Bytes a state costs at least (entry, order, output record, a one-event state): the most
-  // entries a budget can hold.
-  static constexpr size_t kMinEntryBytes = 24 + 32 + kEventBytes;
+  // Bytes a state costs at least (its entry, which holds a one-event state inline, and its copy
+  // in the commit's order): the most entries a budget can hold.
+  static constexpr size_t kMinEntryBytes = 32 + 32;
   static constexpr size_t kPartStates = 16384;  // records per part() (and one row more at most)
   static constexpr uint64_t kMaxCountedBlocks = 1 << 16;  // order_runs: counting sort up to this
 
@@ -330,9 +333,12 @@ class Compactor::PartialStates {
   };
   struct Entry {
     int64_t bucket;
-    uint64_t offset;  // of the state (or the event) in arena_
     uint32_t chain;
-    uint32_t single;  // 1: arena_ holds the bucket's one event, not a state
+    uint32_t single;  // 1: `event` holds the bucket's one event, not a state in arena_
+    union {
+      uint64_t offset;               // of the state in arena_ (not single)
+      std::byte event[kEventBytes];  // i64 ts_ns, f64 value (single)
+    };
   };
   // An entry at commit, in output order.
   struct Sorted {
@@ -414,18 +420,21 @@ class Compactor::PartialStates {
   uint32_t append(uint32_t target, uint32_t c, int64_t b, const Event& ev) {
     const Target& tg = targets_[target];
     const auto e = static_cast<uint32_t>(entries_.size());
+    Entry& en = entries_.emplace_back();
+    en.bucket = b;
+    en.chain = c;
     if (tg.single) {
-      std::byte* p = room(kEventBytes);
-      std::memcpy(p, &ev.ts, 8);
-      std::memcpy(p + 8, &ev.value, 8);
-      entries_.push_back(Entry{b, static_cast<uint64_t>(p - arena_.get()), c, 1});
+      en.single = 1;
+      std::memcpy(en.event, &ev.ts, 8);
+      std::memcpy(en.event + 8, &ev.value, 8);
       return e;
     }
     std::byte* p = room(tg.bytes);
     const std::span<std::byte> state(p, tg.bytes);
     layouts_[target]->init(state);
     layouts_[target]->update(state, ev.value, ev.ts, ev.distinct_hash, ev.has_distinct);
-    entries_.push_back(Entry{b, static_cast<uint64_t>(p - arena_.get()), c, 0});
+    en.single = 0;
+    en.offset = static_cast<uint64_t>(p - arena_.get());
     return e;
   }
 
@@ -435,7 +444,7 @@ class Compactor::PartialStates {
     if (entries_[e].single != 0) {  // the second event: expand the first into a state
       std::byte* p = room(n);
       layout.init({p, n});
-      fold_single(layout, arena_.get() + entries_[e].offset, {p, n});
+      fold_single(layout, entries_[e].event, {p, n});
       entries_[e].offset = static_cast<uint64_t>(p - arena_.get());
       entries_[e].single = 0;
     }
@@ -553,8 +562,8 @@ class Compactor::PartialStates {
   // place when the chain took `late` states), merging a bucket that has two.
   void emit_chain(const Row& rw, uint32_t begin, uint32_t end, uint8_t width, bool late,
                   const AggregateLayout& layout, const Target& tg, std::vector<PartialState>* o) {
-    Sorted* first = sorted_.data() + begin;
-    Sorted* last = sorted_.data() + end;
+    Sorted* first = sorted_.get() + begin;
+    Sorted* last = sorted_.get() + end;
     auto bucket_less = [](const Sorted& a, const Sorted& b) { return a.bucket < b.bucket; };
     if (late && !std::is_sorted(first, last, bucket_less)) std::sort(first, last, bucket_less);
     std::byte* merged = nullptr;  // the state of o->back() when two entries were merged into it
@@ -650,7 +659,8 @@ class Compactor::PartialStates {
   std::vector<uint32_t>
       chain_start_;  // the entries of chain c: sorted_[chain_start_[c], chain_next_[c])
   std::vector<uint32_t> chain_next_;
-  std::vector<Sorted> sorted_;
+  Buffer<Sorted> sorted_;  // entries_.size() of sorted_capacity_ used
+  size_t sorted_capacity_ = 0;
   std::vector<uint32_t> row_order_;
   std::vector<size_t>
       target_rows_;  // target t's rows: row_order_[target_rows_[t], target_rows_[t + 1])
