@@ -21,6 +21,7 @@
 #include "model/record.h"
 #include "model/view_router.h"
 #include "storage/log_reader.h"
+#include "storage/view_store_internal.h"
 
 namespace runnel::storage {
 namespace {
@@ -65,10 +66,10 @@ void CompactionStats::add(const CompactionStats& o) {
 // by id, which leaves each chain in time order unless it took late states (that chain alone is
 // then sorted, and a bucket met twice, once in order and once late, merged).
 //
-// A state that has seen one event is held as that event (i64 ts_ns, f64 value: 16 bytes), the
-// compact form the view store writes, and becomes a full AggregateLayout state at its second
-// event; layouts with a distinct count always hold full states (they depend on more than the
-// value).
+// A state that has seen one event is held as that event (i64 ts_ns, f64 value: 16 bytes) inside
+// its entry, the compact form the view store writes, and becomes a full AggregateLayout state in
+// the arena at its second event; layouts with a distinct count always hold full states (they
+// depend on more than the value).
 //
 // Only the widths a target takes directly are aggregated per event: the finest, and any width
 // that is not a multiple of it. The others are rolled up at commit from the step's states of
@@ -78,8 +79,10 @@ void CompactionStats::add(const CompactionStats& o) {
 //
 // The store takes a step's states in parts of about kPartStates records (StepTarget::more),
 // made from the sorted entries as it asks, rolled-up widths included: the records and the
-// rolled-up states of one part at a time are held, not a step's worth (W1: 72 bytes per
-// one-event state instead of 120, so a budget holds 4 steps of W1 where it held 7).
+// rolled-up states of one part at a time are held, not a step's worth (W1: 64 bytes per
+// one-event state, its entry and its sorted copy). The parts follow the store's key order
+// (storage/view_store.h): the row-major widths row by row, then the finest width (time-major)
+// block by block, each block's rows in order.
 //
 // Memory: all of it counts against the budget; buffers are kept across steps, so the hot path
 // allocates only while a step needs more than every earlier one did. No lock.
@@ -88,12 +91,15 @@ class Compactor::PartialStates {
  public:
   explicit PartialStates(size_t budget_bytes) : budget_(std::max<size_t>(budget_bytes, 1 << 16)) {}
 
-  void set_targets(std::vector<const AggregateLayout*> layouts, const std::vector<ViewDef>& defs) {
+  // `buckets_per_block`: of each target's version (the store's blocks, which order its keys).
+  void set_targets(std::vector<const AggregateLayout*> layouts, const std::vector<ViewDef>& defs,
+                   const std::vector<uint32_t>& buckets_per_block) {
     layouts_ = std::move(layouts);
     targets_.clear();
     for (size_t t = 0; t < defs.size(); ++t) {
       Target tg;
       tg.widths = defs[t].widths_ns;
+      tg.per_block = buckets_per_block[t];
       for (size_t i = 0; i < tg.widths.size(); ++i) {
         if (i > 0 && tg.widths[i] % tg.widths[0] == 0) {
           tg.rolled |= uint32_t{1} << i;
@@ -151,8 +157,10 @@ class Compactor::PartialStates {
     return row_slots_.size() * sizeof(RowSlot) + rows_.size() * sizeof(Row) +
            chains_.size() * sizeof(Chain) + entries_.size() * (sizeof(Entry) + sizeof(Sorted)) +
            arena_used_ + late_slots_.size() * sizeof(LateSlot) + series_bytes_.size() +
-           series_.size() * sizeof(Staged) + part_.capacity() * sizeof(PartialState) +
-           rollup_chunks_.size() * kRollupChunk;
+           series_.size() * sizeof(Staged) +
+           (part_.capacity() + finest_.capacity()) * sizeof(PartialState) +
+           (runs_.capacity() + runs_sorted_.capacity()) * sizeof(Run) +
+           run_counts_.capacity() * sizeof(uint32_t) + rollup_chunks_.size() * kRollupChunk;
   }
   // Time to commit: checked between records, with room for a few more records' states.
   bool full() const { return entries_.size() >= limit_entries_ || used_bytes() + budget_ / 16 >= budget_; }
@@ -198,13 +206,16 @@ class Compactor::PartialStates {
     for (size_t t = 1; t <= targets_.size(); ++t)
       target_rows_[t] = std::max(target_rows_[t], target_rows_[t - 1]);
     chain_next_.assign(chain_start_.begin(), chain_start_.end() - 1);
-    sorted_.resize(entries_.size());
+    if (sorted_capacity_ < entries_.size()) {  // in huge pages: part() reads it all over
+      sorted_capacity_ = std::max(entries_.size(), sorted_capacity_ * 2);
+      sorted_ = allocate<Sorted>(sorted_capacity_);
+    }
     for (const Entry& e : entries_) {
       Sorted& d = sorted_[chain_next_[e.chain]++];
       d.bucket = e.bucket;
       d.single = e.single;
       if (e.single != 0) {
-        std::memcpy(d.event, arena_.get() + e.offset, kEventBytes);
+        std::memcpy(d.event, e.event, kEventBytes);
       } else {
         d.offset = e.offset;
       }
@@ -218,18 +229,39 @@ class Compactor::PartialStates {
 
   bool has_states(uint32_t t) const { return target_rows_[t + 1] > target_rows_[t]; }
 
-  // Part k of target t's states in key order, rolled-up widths included (StepTarget::more):
-  // whole rows, about kPartStates records; valid until the next call. REQUIRES: prepare(), and
-  // calls for one target at a time with k = 0, 1, 2, ... (0 starts over).
+  // Part k of target t's states in the store's key order, rolled-up widths included
+  // (StepTarget::more): first the row-major widths, whole rows in row order; then the finest
+  // width (time-major), whole blocks of a row in (block, row) order. About kPartStates records;
+  // valid until the next call. REQUIRES: prepare(), and calls for one target at a time with
+  // k = 0, 1, 2, ... (0 starts over).
   std::span<const PartialState> part(uint32_t t, size_t k) {
     if (k == 0) {
       part_row_ = target_rows_[t];
+      part_run_ = 0;
+      runs_.clear();
+      runs_ordered_ = false;
       emitted_[t] = 0;
     }
     part_.clear();
     rollup_used_ = 0;
-    while (part_row_ < target_rows_[t + 1] && part_.size() < kPartStates)
-      emit_row(rows_[row_order_[part_row_++]]);
+    while (part_row_ < target_rows_[t + 1] && part_.size() < kPartStates) emit_row(part_row_++);
+    if (part_row_ == target_rows_[t + 1]) {
+      if (!runs_ordered_) order_runs();
+      runs_ordered_ = true;
+      const Target& tg = targets_[t];
+      while (part_run_ < runs_.size() && part_.size() < kPartStates) {
+        // Runs lie all over sorted_: fetch ahead.
+        constexpr size_t kAhead = 8;
+        if (part_run_ + kAhead < runs_.size()) {
+          const Run& ahead = runs_[part_run_ + kAhead];
+          for (uint32_t at = ahead.begin; at < ahead.end; at += 64 / sizeof(Sorted))
+            __builtin_prefetch(&sorted_[at]);
+        }
+        const Run& run = runs_[part_run_++];
+        emit_chain(rows_[row_order_[run.row]], run.begin, run.end, 0, false, *layouts_[t], tg,
+                   &part_);
+      }
+    }
     emitted_[t] += part_.size();
     return part_;
   }
@@ -258,10 +290,11 @@ class Compactor::PartialStates {
   static constexpr size_t kHugePage = size_t{2} << 20;
   static constexpr size_t kEventBytes = 16;  // i64 ts_ns, f64 value
   static constexpr uint32_t kNone = UINT32_MAX;
-  // Bytes a state costs at least (entry, order, output record, a one-event state): the most
-  // entries a budget can hold.
-  static constexpr size_t kMinEntryBytes = 24 + 32 + kEventBytes;
+  // Bytes a state costs at least (its entry, which holds a one-event state inline, and its copy
+  // in the commit's order): the most entries a budget can hold.
+  static constexpr size_t kMinEntryBytes = 32 + 32;
   static constexpr size_t kPartStates = 16384;  // records per part() (and one row more at most)
+  static constexpr uint64_t kMaxCountedBlocks = 1 << 16;  // order_runs: counting sort up to this
 
   struct Target {
     std::vector<int64_t> widths;
@@ -269,6 +302,7 @@ class Compactor::PartialStates {
                                          // others are rolled up at commit
     uint32_t rolled = 0;                 // bit w set: width w is rolled up
     size_t bytes = 0;                    // state_bytes
+    uint32_t per_block = 1;              // the version's buckets_per_block
     bool single = false;                 // one-event states are held as the event
     // The bucket start of each direct width for the event time buckets_ts.
     int64_t buckets[ViewDef::kMaxWidths] = {};
@@ -295,12 +329,16 @@ class Compactor::PartialStates {
   struct Chain {
     int64_t last_bucket = 0;
     uint32_t last_entry = kNone;  // the state of last_bucket; kNone: no state yet
+    bool late = false;            // took a late state: its entries may be out of order
   };
   struct Entry {
     int64_t bucket;
-    uint64_t offset;  // of the state (or the event) in arena_
     uint32_t chain;
-    uint32_t single;  // 1: arena_ holds the bucket's one event, not a state
+    uint32_t single;  // 1: `event` holds the bucket's one event, not a state in arena_
+    union {
+      uint64_t offset;               // of the state in arena_ (not single)
+      std::byte event[kEventBytes];  // i64 ts_ns, f64 value (single)
+    };
   };
   // An entry at commit, in output order.
   struct Sorted {
@@ -311,6 +349,13 @@ class Compactor::PartialStates {
       uint64_t offset;               // of the state in arena_ (not single)
       std::byte event[kEventBytes];  // the one event (single)
     };
+  };
+  // The states sorted_[begin, end) of one row (row_order_[row]) in one block of the finest width.
+  struct Run {
+    int64_t block;
+    uint32_t row;
+    uint32_t begin;
+    uint32_t end;
   };
   struct LateSlot {
     int64_t bucket = 0;
@@ -375,18 +420,21 @@ class Compactor::PartialStates {
   uint32_t append(uint32_t target, uint32_t c, int64_t b, const Event& ev) {
     const Target& tg = targets_[target];
     const auto e = static_cast<uint32_t>(entries_.size());
+    Entry& en = entries_.emplace_back();
+    en.bucket = b;
+    en.chain = c;
     if (tg.single) {
-      std::byte* p = room(kEventBytes);
-      std::memcpy(p, &ev.ts, 8);
-      std::memcpy(p + 8, &ev.value, 8);
-      entries_.push_back(Entry{b, static_cast<uint64_t>(p - arena_.get()), c, 1});
+      en.single = 1;
+      std::memcpy(en.event, &ev.ts, 8);
+      std::memcpy(en.event + 8, &ev.value, 8);
       return e;
     }
     std::byte* p = room(tg.bytes);
     const std::span<std::byte> state(p, tg.bytes);
     layouts_[target]->init(state);
     layouts_[target]->update(state, ev.value, ev.ts, ev.distinct_hash, ev.has_distinct);
-    entries_.push_back(Entry{b, static_cast<uint64_t>(p - arena_.get()), c, 0});
+    en.single = 0;
+    en.offset = static_cast<uint64_t>(p - arena_.get());
     return e;
   }
 
@@ -396,7 +444,7 @@ class Compactor::PartialStates {
     if (entries_[e].single != 0) {  // the second event: expand the first into a state
       std::byte* p = room(n);
       layout.init({p, n});
-      fold_single(layout, arena_.get() + entries_[e].offset, {p, n});
+      fold_single(layout, entries_[e].event, {p, n});
       entries_[e].offset = static_cast<uint64_t>(p - arena_.get());
       entries_[e].single = 0;
     }
@@ -416,6 +464,7 @@ class Compactor::PartialStates {
     }
     late_slots_[i] = LateSlot{b, c + 1, append(target, c, b, ev)};
     ++late_count_;
+    chains_[c].late = true;
   }
 
   void grow_late() {
@@ -456,22 +505,29 @@ class Compactor::PartialStates {
     }
   }
 
-  // Appends the states of one row to part_ in key order: each direct width's chain, and each
-  // rolled-up width from the states of the widest smaller width that divides it (1h from 1m),
-  // else the finest's.
-  void emit_row(const Row& rw) {
+  // Appends the row-major states of one row to part_ in key order: each direct width's chain,
+  // and each rolled-up width from the states of the widest smaller width that divides it (1h
+  // from 1m), else the finest's. The finest width's states (time-major, emitted later) go to
+  // finest_, only to be rolled up; its chain, left sorted by bucket, is cut into runs_ of one
+  // block each. `i`: the row's index in row_order_.
+  void emit_row(size_t i) {
+    const Row& rw = rows_[row_order_[i]];
     const Target& tg = targets_[rw.target];
     const AggregateLayout& layout = *layouts_[rw.target];
-    std::vector<PartialState>& o = part_;
-    // from[w], to[w]: the row's states of width w in o.
+    finest_.clear();
+    // from[w], to[w]: the row's states of width w in *out[w].
     size_t from[ViewDef::kMaxWidths], to[ViewDef::kMaxWidths];
+    std::vector<PartialState>* out[ViewDef::kMaxWidths];
     size_t k = 0;
     for (size_t w = 0; w < tg.widths.size(); ++w) {
       const auto width = static_cast<uint8_t>(w);
+      std::vector<PartialState>& o = time_major(width) ? finest_ : part_;
+      out[w] = &o;
       from[w] = o.size();
       if ((tg.rolled >> w & 1) == 0) {
         const uint32_t c = rw.chain_base + static_cast<uint32_t>(k++);
-        emit_chain(rw, chain_start_[c], chain_next_[c], width, layout, tg);
+        emit_chain(rw, chain_start_[c], chain_next_[c], width, chains_[c].late, layout, tg, &o);
+        if (time_major(width)) add_runs(i, chain_start_[c], chain_next_[c], tg);
         to[w] = o.size();
         continue;
       }
@@ -482,10 +538,11 @@ class Compactor::PartialStates {
           break;
         }
       }
+      const std::vector<PartialState>& in = *out[source];
       std::byte* rolled = nullptr;
       int64_t end = 0;  // of the rolled bucket being folded
       for (size_t f = from[source]; f < to[source]; ++f) {
-        const int64_t b = o[f].key.bucket_start_ns;
+        const int64_t b = in[f].key.bucket_start_ns;
         if (rolled == nullptr || b >= end) {
           const int64_t start = bucket_start(b, tg.widths[w]);
           end = start > std::numeric_limits<int64_t>::max() - tg.widths[w]
@@ -495,21 +552,20 @@ class Compactor::PartialStates {
           layout.init({rolled, tg.bytes});
           o.push_back(PartialState{{rw.row, width, start}, {rolled, tg.bytes}});
         }
-        fold_into(layout, {rolled, tg.bytes}, o[f]);
+        fold_into(layout, {rolled, tg.bytes}, in[f]);
       }
       to[w] = o.size();
     }
   }
 
-  // Appends the states sorted_[begin, end) of one chain to part_ in bucket order, merging a
-  // bucket that has two.
-  void emit_chain(const Row& rw, uint32_t begin, uint32_t end, uint8_t width,
-                  const AggregateLayout& layout, const Target& tg) {
-    std::vector<PartialState>* o = &part_;
-    Sorted* first = sorted_.data() + begin;
-    Sorted* last = sorted_.data() + end;
+  // Appends the states sorted_[begin, end) of one chain to *o in bucket order (sorting them in
+  // place when the chain took `late` states), merging a bucket that has two.
+  void emit_chain(const Row& rw, uint32_t begin, uint32_t end, uint8_t width, bool late,
+                  const AggregateLayout& layout, const Target& tg, std::vector<PartialState>* o) {
+    Sorted* first = sorted_.get() + begin;
+    Sorted* last = sorted_.get() + end;
     auto bucket_less = [](const Sorted& a, const Sorted& b) { return a.bucket < b.bucket; };
-    if (!std::is_sorted(first, last, bucket_less)) std::sort(first, last, bucket_less);
+    if (late && !std::is_sorted(first, last, bucket_less)) std::sort(first, last, bucket_less);
     std::byte* merged = nullptr;  // the state of o->back() when two entries were merged into it
     for (Sorted* it = first; it != last; ++it) {
       const PartialState ps =
@@ -531,6 +587,45 @@ class Compactor::PartialStates {
       }
       fold_into(layout, {merged, tg.bytes}, ps);
     }
+  }
+
+  // Cuts the sorted finest-width chain sorted_[begin, end) of row_order_[i] into runs of one
+  // block each: a division per block, not per bucket.
+  void add_runs(size_t i, uint32_t begin, uint32_t end, const Target& tg) {
+    using view_store_internal::Wide;
+    const Wide span = Wide{tg.per_block} * tg.widths[0];  // of a block, ns
+    Wide block_end = 0;
+    for (uint32_t at = begin; at < end; ++at) {
+      const int64_t b = sorted_[at].bucket;
+      if (at == begin || b >= block_end) {
+        const int64_t block = block_of({0, 0, b}, tg.widths, tg.per_block, nullptr).block;
+        block_end = Wide{block} * span + span;
+        runs_.push_back(Run{block, static_cast<uint32_t>(i), at, at});
+      }
+      runs_.back().end = at + 1;
+    }
+  }
+
+  // Orders the runs (made in row order) by (block, row): a stable counting sort by block (a
+  // step's blocks are usually few and adjacent), else a stable sort.
+  void order_runs() {
+    if (runs_.empty()) return;
+    int64_t lo = runs_[0].block, hi = runs_[0].block;
+    for (const Run& r : runs_) {
+      lo = std::min(lo, r.block);
+      hi = std::max(hi, r.block);
+    }
+    const auto by_block = [](const Run& a, const Run& b) { return a.block < b.block; };
+    if (static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo) >= kMaxCountedBlocks) {
+      std::stable_sort(runs_.begin(), runs_.end(), by_block);
+      return;
+    }
+    run_counts_.assign(static_cast<size_t>(hi - lo) + 2, 0);
+    for (const Run& r : runs_) ++run_counts_[static_cast<size_t>(r.block - lo) + 1];
+    for (size_t i = 1; i < run_counts_.size(); ++i) run_counts_[i] += run_counts_[i - 1];
+    runs_sorted_.resize(runs_.size());
+    for (const Run& r : runs_) runs_sorted_[run_counts_[static_cast<size_t>(r.block - lo)]++] = r;
+    runs_.swap(runs_sorted_);
   }
 
   // Room for one rolled-up (or merged) state, valid until the next sorted(). Chunks are kept
@@ -564,13 +659,20 @@ class Compactor::PartialStates {
   std::vector<uint32_t>
       chain_start_;  // the entries of chain c: sorted_[chain_start_[c], chain_next_[c])
   std::vector<uint32_t> chain_next_;
-  std::vector<Sorted> sorted_;
+  Buffer<Sorted> sorted_;  // entries_.size() of sorted_capacity_ used
+  size_t sorted_capacity_ = 0;
   std::vector<uint32_t> row_order_;
   std::vector<size_t>
       target_rows_;  // target t's rows: row_order_[target_rows_[t], target_rows_[t + 1])
   std::vector<uint64_t> emitted_;  // per target: records part() gave since its part 0
   std::vector<PartialState> part_;
   size_t part_row_ = 0;  // the next row (into row_order_) part() emits
+  std::vector<PartialState> finest_;  // emit_row: the row's finest-width states
+  std::vector<Run> runs_;             // the finest width's blocks, in key order (order_runs)
+  std::vector<Run> runs_sorted_;
+  std::vector<uint32_t> run_counts_;
+  size_t part_run_ = 0;  // the next run part() emits
+  bool runs_ordered_ = false;
   std::vector<Buffer<std::byte>> rollup_chunks_;
   size_t rollup_used_ = 0;  // bytes into the chunks, counting skipped chunk tails
   Buffer<std::byte> arena_;
@@ -588,6 +690,7 @@ struct Compactor::Pass {
   std::vector<uint64_t> versions;  // target index -> version; ViewRouter view index = target
   std::vector<ViewDef> defs;
   std::vector<const AggregateLayout*> layouts;
+  std::vector<uint32_t> buckets_per_block;
   uint64_t from = 0;  // the stored coverage
   uint64_t end = 0;   // read records below this log offset
   // Reading may begin at the oldest retained record when `from` precedes it: a rebuild, or a
@@ -770,6 +873,7 @@ Result<CompactionStats> Compactor::compact(const RunLimits& limits) {
     pass.versions.push_back(v->version);
     pass.defs.push_back(v->def);
     pass.layouts.push_back(v->layout.get());
+    pass.buckets_per_block.push_back(v->buckets_per_block);
   }
   pass.from = store_.watermark().log_offset;
   pass.may_skip_missing = store_.watermark().records == 0;
@@ -811,6 +915,7 @@ Result<CompactionStats> Compactor::rebuild(const RunLimits& limits) {
     pass.versions = {building->version};
     pass.defs = {building->def};
     pass.layouts = {building->layout.get()};
+    pass.buckets_per_block = {building->buckets_per_block};
     pass.from = building->covered_offset;
     pass.end = store_.watermark().log_offset;
     pass.may_skip_missing = true;
@@ -842,7 +947,7 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
     return finish();
   }
   ViewRouter router(pass.defs);
-  partial_->set_targets(pass.layouts, pass.defs);
+  partial_->set_targets(pass.layouts, pass.defs, pass.buckets_per_block);
   auto reader = LogReader::open(options_.log_dir);
   if (!reader.ok()) return reader.status();
 

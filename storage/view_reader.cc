@@ -217,12 +217,10 @@ Result<std::optional<std::span<const std::byte>>> ViewSnapshot::get(const ViewIn
   if (view.current_version == 0 || key.width_index >= view.widths_ns.size()) return Found();
   const int64_t width = view.widths_ns[key.width_index];
   if (key.bucket_start_ns % width != 0) return Found();  // not a bucket start of this width
-  const int64_t q = key.bucket_start_ns / width;
   const uint32_t per_block = view.buckets_per_block;
-  const int64_t block = floor_div(q, per_block);
-  const auto slot = static_cast<uint32_t>(q - block * per_block);
+  uint32_t slot = 0;
   std::byte k[kBlockKeyBytes];
-  encode_block_key({key.row_id, key.width_index, block}, k);
+  encode_block_key(block_of(key, view.widths_ns, per_block, &slot), k);
   auto v = txn_.get(dbis_[*i], lmdb::val(std::span<const std::byte>(k)));
   if (v.status().code() == Status::Code::kNotFound) return Found();
   if (!v.ok()) return v.status();
@@ -264,17 +262,15 @@ Status ViewSnapshot::scan(const ViewInfo& view, uint64_t row_id, uint8_t width_i
   std::vector<std::byte> expanded;
   auto cursor = lmdb::Cursor::open(txn_, dbis_[*i]);
   if (!cursor.ok()) return cursor.status();
-  std::byte start[kBlockKeyBytes];
-  encode_block_key({row_id, width_index, static_cast<int64_t>(floor_div(first, per_block))}, start);
-  MDB_val k = lmdb::val(std::span<const std::byte>(start)), v{};
-  for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);; found = cursor->seek(&k, &v, MDB_NEXT)) {
-    if (!found.ok()) return found.status();
-    if (!*found || k.mv_size != kBlockKeyBytes) return Status::Ok();
-    const BlockKey key = decode_block_key(lmdb::bytes(k));
-    const Wide base = Wide{key.block} * per_block;
-    if (key.row_id != row_id || key.width_index != width_index || base >= end) return Status::Ok();
+  Status error = Status::Ok();
+  // The buckets in [first, end) of one stored block; false: the scan is over.
+  auto visit = [&](int64_t block, const MDB_val& v) {
+    const Wide base = Wide{block} * per_block;
     Block b;
-    if (!b.parse(v, per_block, n)) return block_error(view, row_id, lmdb::bytes(v));
+    if (!b.parse(v, per_block, n)) {
+      error = block_error(view, row_id, lmdb::bytes(v));
+      return false;
+    }
     const std::byte* state = b.states;
     for (uint64_t present = b.present; present != 0; present &= present - 1) {
       const auto slot = static_cast<uint32_t>(std::countr_zero(present));
@@ -282,21 +278,59 @@ Status ViewSnapshot::scan(const ViewInfo& view, uint64_t row_id, uint8_t width_i
       state += b.is_compact(slot) ? kCompactStateBytes : n;
       const Wide q = base + slot;
       if (q < first) continue;
-      if (q >= end) return Status::Ok();
+      if (q >= end) return false;
       std::span<const std::byte> full(at, n);
       if (b.is_compact(slot)) {
         if (layout == nullptr) {
           auto known = shared_->layout_for(view);
-          if (!known.ok()) return known.status();
+          if (!known.ok()) {
+            error = known.status();
+            return false;
+          }
           layout = *known;
           expanded.resize(n);
         }
         expand_compact(*layout, at, expanded);
         full = expanded;
       }
-      if (!fn(static_cast<int64_t>(q * width), full)) return Status::Ok();
+      if (!fn(static_cast<int64_t>(q * width), full)) return false;
+    }
+    return true;
+  };
+  std::byte start[kBlockKeyBytes];
+  MDB_val k{}, v{};
+  if (!time_major(width_index)) {  // one cursor range over the row's blocks of this width
+    encode_block_key({row_id, width_index, static_cast<int64_t>(floor_div(first, per_block))},
+                     start);
+    k = lmdb::val(std::span<const std::byte>(start));
+    for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);;
+         found = cursor->seek(&k, &v, MDB_NEXT)) {
+      if (!found.ok()) return found.status();
+      if (!*found || k.mv_size != kBlockKeyBytes) return Status::Ok();
+      const BlockKey key = decode_block_key(lmdb::bytes(k));
+      if (key.row_id != row_id || key.width_index != width_index ||
+          Wide{key.block} * per_block >= end)
+        return Status::Ok();
+      if (!visit(key.block, v)) return error;
     }
   }
+  // Time-major: block b of the row, or the next block number any row has.
+  for (Wide b = floor_div(first, per_block); b * per_block < end;) {
+    encode_block_key({row_id, width_index, static_cast<int64_t>(b)}, start);
+    k = lmdb::val(std::span<const std::byte>(start));
+    auto found = cursor->seek(&k, &v, MDB_SET_RANGE);
+    if (!found.ok()) return found.status();
+    if (!*found || k.mv_size != kBlockKeyBytes) return Status::Ok();
+    const BlockKey key = decode_block_key(lmdb::bytes(k));
+    if (key.width_index != width_index) return Status::Ok();
+    if (key.block != b) {
+      b = key.block;  // no row has a block in between
+      continue;
+    }
+    if (key.row_id == row_id && !visit(key.block, v)) return error;
+    ++b;
+  }
+  return Status::Ok();
 }
 
 Status ViewSnapshot::for_each_row(const ViewInfo& view, const std::function<bool(uint64_t)>& fn) const {
@@ -305,18 +339,34 @@ Status ViewSnapshot::for_each_row(const ViewInfo& view, const std::function<bool
   if (view.current_version == 0) return Status::Ok();
   auto cursor = lmdb::Cursor::open(txn_, dbis_[*i]);
   if (!cursor.ok()) return cursor.status();
-  std::byte start[kBlockKeyBytes];
-  encode_block_key({0, 0, std::numeric_limits<int64_t>::min()}, start);
+  std::vector<uint64_t> rows;
+  // Row-major keys first: one seek per row. Then every time-major key.
+  std::byte start[kBlockKeyBytes] = {};
   MDB_val k = lmdb::val(std::span<const std::byte>(start)), v{};
   for (auto found = cursor->seek(&k, &v, MDB_SET_RANGE);;) {
     if (!found.ok()) return found.status();
-    if (!*found || k.mv_size != kBlockKeyBytes) return Status::Ok();
-    const uint64_t row = decode_block_key(lmdb::bytes(k)).row_id;
-    if (!fn(row) || row == std::numeric_limits<uint64_t>::max()) return Status::Ok();
-    encode_block_key({row + 1, 0, std::numeric_limits<int64_t>::min()}, start);
+    if (!*found || k.mv_size != kBlockKeyBytes) break;
+    const BlockKey key = decode_block_key(lmdb::bytes(k));
+    if (time_major(key.width_index)) {
+      rows.push_back(key.row_id);
+      found = cursor->seek(&k, &v, MDB_NEXT);
+      continue;
+    }
+    rows.push_back(key.row_id);
+    if (key.row_id == std::numeric_limits<uint64_t>::max()) {
+      encode_block_key({0, 0, std::numeric_limits<int64_t>::min()}, start);
+    } else {
+      encode_block_key({key.row_id + 1, 1, std::numeric_limits<int64_t>::min()}, start);
+    }
     k = lmdb::val(std::span<const std::byte>(start));
     found = cursor->seek(&k, &v, MDB_SET_RANGE);
   }
+  std::sort(rows.begin(), rows.end());
+  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+  for (uint64_t row : rows) {
+    if (!fn(row)) break;
+  }
+  return Status::Ok();
 }
 
 Status ViewSnapshot::for_each_series(

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -389,10 +390,11 @@ Status ViewStore::apply_step(lmdb::Txn& txn, const StepWrite& step, CommitError*
   return s;
 }
 
-// Merges one version's sorted partial states into its blocks: per touched block one lookup and
-// one put. A new block is written in place (MDB_RESERVE), appended when every later key is past
-// the database's end; an existing one is rebuilt in merge_buf_ with the step's states merged.
-// Returns the buckets added (not merged).
+// Merges one version's partial states (in the data keys' order) into its blocks: per touched block
+// one lookup and one put. A new block is written in place (MDB_RESERVE), appended when every later
+// key is past the database's end (the newest blocks of the time-major finest width); an existing
+// one is rebuilt in merge_buf_ with the step's states merged. Returns the buckets added (not
+// merged).
 Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const VersionMeta& v,
                                          const StepTarget& target, uint64_t* states_seen) {
   const std::string& dir = options_.dir.string();
@@ -415,17 +417,15 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
   uint64_t added = 0, merged = 0;
   constexpr size_t kPrefetch = 16;
   const std::byte* incoming[kMaxBucketsPerBlock];
-  const BucketKey* prev = nullptr;
-  BucketKey prev_key;  // the last key of the part before (parts are checked against each other)
+  // The last block written and its last slot: (key, slot) must grow, also across parts.
+  std::byte prev_kb[kBlockKeyBytes];
+  uint32_t prev_slot = 0;
+  bool any = false;
   std::span<const PartialState> states = target.states;
   *states_seen += states.size();
   for (size_t i = 0, part = 0;;) {
     if (i == states.size()) {  // the next part, if any (StepTarget::more)
       if (!target.more) break;
-      if (prev != nullptr) {  // kept: the next call may reuse the part's memory
-        prev_key = *prev;
-        prev = &prev_key;
-      }
       states = target.more(part++);
       if (states.empty()) break;
       *states_seen += states.size();
@@ -440,6 +440,7 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
     bool exact_slots = false;
     uint64_t fresh = 0;         // slots the step brings
     uint64_t fresh_single = 0;  // ... as one event (PartialState::single)
+    uint32_t first_slot = 0, last_slot = 0;
     size_t j = i;
     for (; j < states.size(); ++j) {
       // States come in key order, scattered in the caller's memory: fetch ahead of the copies.
@@ -453,8 +454,6 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
       if (ps.state.size() != expected)
         return invalid(ps.key, "a step state of " + std::to_string(ps.state.size()) +
                                    " bytes, expected " + std::to_string(expected));
-      if (prev != nullptr && !(*prev < ps.key))
-        return invalid(ps.key, "step states must be sorted by key and unique");
       uint32_t slot;
       if (j > i) {
         if (ps.key.row_id != block.row_id || ps.key.width_index != block.width_index) break;
@@ -473,27 +472,35 @@ Result<uint64_t> ViewStore::merge_blocks(lmdb::Txn& txn, MDB_dbi dbi, const Vers
           if (delta % block_width != 0) return invalid(ps.key, "not a multiple of the width");
           slot = static_cast<uint32_t>(delta / block_width);
         }
+        if (slot <= last_slot)
+          return invalid(ps.key, "step states must be in key order and unique");
       } else {
         if (ps.key.width_index >= widths.size()) return invalid(ps.key, "no such width");
         const int64_t width = widths[ps.key.width_index];
         if (ps.key.bucket_start_ns % width != 0)
           return invalid(ps.key, "not a multiple of the width");
-        const int64_t q = ps.key.bucket_start_ns / width;
-        const int64_t b = floor_div(q, per_block);
-        block = BlockKey{ps.key.row_id, ps.key.width_index, b};
-        slot = static_cast<uint32_t>(q - b * per_block);
+        block = block_of(ps.key, widths, per_block, &slot);
+        first_slot = slot;
         block_width = width;
-        block_start_ns = Wide{b} * per_block * width;
+        block_start_ns = Wide{block.block} * per_block * width;
         block_span_ns = Wide{per_block} * width;
         exact_slots = block_span_ns < (Wide{1} << 53);
       }
       fresh |= uint64_t{1} << slot;
       if (ps.single) fresh_single |= uint64_t{1} << slot;
       incoming[slot] = ps.state.data();
-      prev = &ps.key;
+      last_slot = slot;
     }
     std::byte kb[kBlockKeyBytes];
     encode_block_key(block, kb);
+    if (any) {
+      const int order = std::memcmp(prev_kb, kb, kBlockKeyBytes);
+      if (order > 0 || (order == 0 && prev_slot >= first_slot))
+        return invalid(states[i].key, "step states must be in key order and unique");
+    }
+    std::memcpy(prev_kb, kb, kBlockKeyBytes);
+    prev_slot = last_slot;
+    any = true;
     MDB_val k{kBlockKeyBytes, kb};
     Block old;  // present == 0: none stored
     if (!past_end) {
@@ -817,10 +824,10 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
     const MDB_dbi dbi = *dbi_found;
     const uint32_t per_block = v.buckets_per_block;
     const size_t n = v.state_bytes;
-    BlockKey resume{0, 0, std::numeric_limits<int64_t>::min()};
+    std::array<std::byte, kBlockKeyBytes> resume{};  // the first key: the row-major ones come first
     for (bool done = false; !done;) {
       uint64_t deleted = 0;
-      BlockKey next = resume;
+      std::array<std::byte, kBlockKeyBytes> next = resume;
       Status s = write(
           [&](lmdb::Txn& txn) {
             deleted = 0;
@@ -831,10 +838,15 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
             MDB_cursor* c = cursor->get();
             std::byte kb[kBlockKeyBytes];
             // Positions the cursor at the first block at or after `key`.
-            auto seek = [&](const BlockKey& key, MDB_val* k, MDB_val* val) {
-              encode_block_key(key, kb);
+            auto seek_bytes = [&](const std::byte* key, MDB_val* k, MDB_val* val) {
+              std::memcpy(kb, key, kBlockKeyBytes);
               *k = MDB_val{kBlockKeyBytes, kb};
               return cursor->seek(k, val, MDB_SET_RANGE);
+            };
+            auto seek = [&](const BlockKey& key, MDB_val* k, MDB_val* val) {
+              std::byte encoded[kBlockKeyBytes];
+              encode_block_key(key, encoded);
+              return seek_bytes(encoded, k, val);
             };
             auto finish = [&] {
               if (deleted == 0) return Status::Ok();
@@ -842,7 +854,7 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
                                     -static_cast<int64_t>(deleted));
             };
             MDB_val k{}, val{};
-            auto found = seek(resume, &k, &val);
+            auto found = seek_bytes(resume.data(), &k, &val);
             while (true) {
               if (!found.ok()) return found.status();
               if (!*found || k.mv_size != kBlockKeyBytes) {
@@ -855,10 +867,12 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
                                           : Wide{std::numeric_limits<int64_t>::min()};
               const Wide old_slots =
                   first_kept - Wide{key.block} * per_block;  // slots below are old
-              BlockKey after = key;                          // where to go on from
+              bool gone = false;  // the block was deleted whole
               if (old_slots > 0) {
                 if (deleted >= max_deletes_per_txn) {
-                  next = key;  // resume here in the next transaction
+                  std::byte here[kBlockKeyBytes];  // resume here in the next transaction
+                  encode_block_key(key, here);
+                  std::memcpy(next.data(), here, kBlockKeyBytes);
                   return finish();
                 }
                 Block b;
@@ -874,6 +888,7 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
                 int rc = 0;
                 if (old == present) {
                   rc = mdb_cursor_del(c, 0);
+                  gone = true;
                 } else if (old != 0) {
                   // Keep the young slots: their states are the last of the block.
                   const uint64_t young = present & ~old;
@@ -893,24 +908,43 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
                   rc = mdb_cursor_put(c, &own, &nv, MDB_CURRENT);
                 }
                 if (rc != 0) return txn.error(rc, "retention of view '" + v.view + "'");
-                if (old == present && old_slots >= per_block) {
-                  // Later blocks of this (row, width) may hold old buckets too.
+                if (gone && (old_slots >= per_block || time_major(key.width_index))) {
+                  // Later blocks of this (row, width), or of other rows, may hold old buckets.
                   found = seek(key, &k, &val);  // k pointed into the page just changed
                   continue;
                 }
               }
-              // The rest of this (row, width) is young enough: skip to the next width.
-              if (after.width_index == std::numeric_limits<uint8_t>::max()) {
-                if (after.row_id == std::numeric_limits<uint64_t>::max()) {
+              BlockKey after = key;  // where to go on from
+              if (time_major(key.width_index)) {
+                // Keys sort by block: once one is young, so is the rest of the database (the
+                // time-major keys come last). Else the next row of this block.
+                if (old_slots <= 0) {
                   done = true;
                   return finish();
                 }
-                ++after.row_id;
-                after.width_index = 0;
+                if (after.row_id == std::numeric_limits<uint64_t>::max()) {
+                  after.row_id = 0;
+                  ++after.block;
+                } else {
+                  ++after.row_id;
+                }
+                found = seek(after, &k, &val);
+                continue;
+              }
+              // The rest of this (row, width) is young enough: skip to the next width (the
+              // row-major keys of a row start at width 1), after the last row to the time-major
+              // keys.
+              after.block = std::numeric_limits<int64_t>::min();
+              if (after.width_index == std::numeric_limits<uint8_t>::max()) {
+                if (after.row_id == std::numeric_limits<uint64_t>::max()) {
+                  after = BlockKey{0, 0, std::numeric_limits<int64_t>::min()};
+                } else {
+                  ++after.row_id;
+                  after.width_index = 1;
+                }
               } else {
                 ++after.width_index;
               }
-              after.block = std::numeric_limits<int64_t>::min();
               found = seek(after, &k, &val);
             }
           },

@@ -59,12 +59,24 @@ namespace runnel::storage {
 // (model/clock.h bucket_start); bucket number q = bucket_start_ns / width_ns lies in block
 // floor(q / B) at slot q - B * floor(q / B).
 //
-// Data key (17 bytes), so that one cursor range over (row, width) walks blocks in time order:
+// Data key (18 bytes). The finest width (index 0) is time-major: its blocks sort by block, then
+// row, after every other key, so a compaction step (which mostly brings the newest buckets of
+// every row) appends them at the end of the B-tree (MDB_APPEND, full pages) instead of
+// inserting one per row all over it. The coarser widths are row-major, so that one cursor range
+// over (row, width) walks its blocks in time order; a read of the finest width looks its blocks
+// up one by one (bounded by its retention: 1 day of 1 s buckets is 2,469 blocks of 35).
+//   row-major (width_index > 0):
 //   off  size  field
-//   0    8     row_id           big-endian u64 (model/view_router.h make_row_id)
-//   8    1     width_index      index into the version's ViewDef::widths_ns
-//   9    8     block            big-endian u64 of (i64 block number XOR 0x8000000000000000),
+//   0    1     order            0
+//   1    8     row_id           big-endian u64 (model/view_router.h make_row_id)
+//   9    1     width_index      index into the version's ViewDef::widths_ns (ascending)
+//   10   8     block            big-endian u64 of (i64 block number XOR 0x8000000000000000),
 //                               so that signed order is byte order (pre-1970 blocks sort first)
+//   time-major (width_index == 0):
+//   0    1     order            1
+//   1    8     block            as above
+//   9    8     row_id           big-endian u64
+//   17   1     width_index      0
 // Data value (16 + f * state_bytes + c * 16 bytes; little-endian, no alignment assumed):
 //   off  size   field
 //   0    8      u64 present   bit s set: the bucket in slot s is stored (s < B); never 0
@@ -133,14 +145,14 @@ namespace runnel::storage {
 // ---------------------------------------------------------------------------------------------
 
 inline constexpr char kViewStoreMagic[8] = {'R', 'N', 'L', 'V', 'I', 'E', 'W', 'S'};
-// Layout 1 (until this one) stored one LMDB key per bucket; it is not read any more.
-inline constexpr uint32_t kViewStoreLayoutVersion = 2;
-inline constexpr size_t kBlockKeyBytes = 17;
+// Older layouts are not read: 1 stored one LMDB key per bucket, 2 had row-major keys only.
+inline constexpr uint32_t kViewStoreLayoutVersion = 3;
+inline constexpr size_t kBlockKeyBytes = 18;
 inline constexpr size_t kBlockHeaderBytes = 16;
 inline constexpr size_t kCompactStateBytes = 16;
 inline constexpr uint32_t kMaxBucketsPerBlock = 64;
-// The most bytes a block of full states takes: LMDB keeps a value of up to about 2013 bytes
-// (17-byte key, 4 KiB pages) inside its leaf page, a larger one takes overflow pages of its own.
+// The most bytes a block of full states takes: LMDB keeps a value of up to about 2012 bytes
+// (18-byte key, 4 KiB pages) inside its leaf page, a larger one takes overflow pages of its own.
 // Blocks of the default view's 56-byte states hold 35 buckets: small enough to rewrite whole
 // when a step adds to one, big enough that a step writes few keys.
 inline constexpr size_t kBlockTargetBytes = 2000;
@@ -157,16 +169,26 @@ struct BucketKey {
   friend auto operator<=>(const BucketKey&, const BucketKey&) = default;
 };
 
-// One block of one row: the data key above, decoded.
+// One block of one row: the data key above, decoded. Its operator<=> is not the keys' order;
+// compare encoded keys.
 struct BlockKey {
   uint64_t row_id = 0;
   uint8_t width_index = 0;
   int64_t block = 0;
   friend auto operator<=>(const BlockKey&, const BlockKey&) = default;
 };
+// Whether the blocks of a width sort by block, then row (the finest) rather than by row.
+inline bool time_major(uint8_t width_index) { return width_index == 0; }
 void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]);
 // REQUIRES: bytes.size() == kBlockKeyBytes.
 BlockKey decode_block_key(std::span<const std::byte> bytes);
+// The block of `key` (a bucket start of width widths_ns[key.width_index]) and its slot in it.
+BlockKey block_of(const BucketKey& key, const std::vector<int64_t>& widths_ns,
+                  uint32_t buckets_per_block, uint32_t* slot);
+// Whether a precedes b in the order a step gives its states (StepTarget): the data keys' order,
+// then time. REQUIRES: both are bucket starts of their widths.
+bool step_order_less(const BucketKey& a, const BucketKey& b, const std::vector<int64_t>& widths_ns,
+                     uint32_t buckets_per_block);
 
 // Where the batch layer stands in the log (the "watermark" record).
 struct Watermark {
@@ -221,10 +243,12 @@ class ViewSnapshot {
   // The state of one bucket, or nullopt. `view` is one of views().
   Result<std::optional<std::span<const std::byte>>> get(const ViewInfo& view,
                                                         const BucketKey& key) const;
-  // Buckets of one row and width whose start lies in [from_ns, to_ns), in time order.
+  // Buckets of one row and width whose start lies in [from_ns, to_ns), in time order. The finest
+  // width (time-major) costs one lookup per block number that some row has in the range.
   Status scan(const ViewInfo& view, uint64_t row_id, uint8_t width_index, int64_t from_ns,
               int64_t to_ns, const BucketFn& fn) const;
-  // Row ids with at least one bucket in the view, ascending; fn returns false to stop.
+  // Row ids with at least one bucket in the view, ascending; fn returns false to stop. Walks
+  // every block of the finest width (time-major) and holds the row ids (tests, tools).
   Status for_each_row(const ViewInfo& view, const std::function<bool(uint64_t)>& fn) const;
   // Every named row of the store (all views): fn(row_id, row key bytes); false stops.
   Status for_each_series(
@@ -352,11 +376,11 @@ struct PartialState {
 // state: what AggregateLayout::update(value, ts_ns, 0, false) does. On an init() state it gives
 // the full state the single one stands for.
 void fold_single(const AggregateLayout& layout, const std::byte* single, std::span<std::byte> into);
-// The partial states of one version, sorted by key, each key once: `states`, then what `more`
-// gives, if set: more(0), more(1), ... until it returns an empty span, each part after the
-// previous one in key order and valid until the next call. The store may start over from
-// more(0) (it redoes a transaction after growing the map). So a writer need not hold a whole
-// step's records at once.
+// The partial states of one version, in the data keys' order (step_order_less), each key once:
+// `states`, then what `more` gives, if set: more(0), more(1), ... until it returns an empty span,
+// each part after the previous one in key order and valid until the next call. The store may start
+// over from more(0) (it redoes a transaction after growing the map). So a writer need not hold a
+// whole step's records at once.
 struct StepTarget {
   uint64_t version = 0;
   std::span<const PartialState> states;

@@ -239,17 +239,49 @@ uint32_t buckets_per_block(size_t state_bytes) {
 }
 
 void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]) {
-  put_be64(out, key.row_id);
-  out[8] = static_cast<std::byte>(key.width_index);
-  put_be64(out + 9, static_cast<uint64_t>(key.block) ^ kBucketSignBit);
+  const uint64_t block = static_cast<uint64_t>(key.block) ^ kBucketSignBit;
+  if (time_major(key.width_index)) {
+    out[0] = std::byte{1};
+    put_be64(out + 1, block);
+    put_be64(out + 9, key.row_id);
+    out[17] = static_cast<std::byte>(key.width_index);
+  } else {
+    out[0] = std::byte{0};
+    put_be64(out + 1, key.row_id);
+    out[9] = static_cast<std::byte>(key.width_index);
+    put_be64(out + 10, block);
+  }
 }
 
 BlockKey decode_block_key(std::span<const std::byte> bytes) {
   BlockKey k;
-  k.row_id = get_be64(bytes.data());
-  k.width_index = static_cast<uint8_t>(bytes[8]);
-  k.block = static_cast<int64_t>(get_be64(bytes.data() + 9) ^ kBucketSignBit);
+  if (bytes[0] != std::byte{0}) {
+    k.block = static_cast<int64_t>(get_be64(bytes.data() + 1) ^ kBucketSignBit);
+    k.row_id = get_be64(bytes.data() + 9);
+    k.width_index = static_cast<uint8_t>(bytes[17]);
+  } else {
+    k.row_id = get_be64(bytes.data() + 1);
+    k.width_index = static_cast<uint8_t>(bytes[9]);
+    k.block = static_cast<int64_t>(get_be64(bytes.data() + 10) ^ kBucketSignBit);
+  }
   return k;
+}
+
+BlockKey block_of(const BucketKey& key, const std::vector<int64_t>& widths_ns,
+                  uint32_t buckets_per_block, uint32_t* slot) {
+  const int64_t q = key.bucket_start_ns / widths_ns[key.width_index];
+  const int64_t b = floor_div(q, buckets_per_block);
+  if (slot) *slot = static_cast<uint32_t>(q - b * buckets_per_block);
+  return BlockKey{key.row_id, key.width_index, b};
+}
+
+bool step_order_less(const BucketKey& a, const BucketKey& b, const std::vector<int64_t>& widths_ns,
+                     uint32_t buckets_per_block) {
+  std::byte ka[kBlockKeyBytes], kb[kBlockKeyBytes];
+  encode_block_key(block_of(a, widths_ns, buckets_per_block, nullptr), ka);
+  encode_block_key(block_of(b, widths_ns, buckets_per_block, nullptr), kb);
+  const int c = std::memcmp(ka, kb, kBlockKeyBytes);
+  return c != 0 ? c < 0 : a.bucket_start_ns < b.bucket_start_ns;
 }
 
 bool same_batch_states(const ViewDef& a, const ViewDef& b) {

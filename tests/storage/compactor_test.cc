@@ -517,6 +517,31 @@ TEST(Compactor, LateEventsLandInTheirBuckets) {
   expect_store_equals(*snap, reference(env.log_dir, {v}, store->watermark().log_offset), {v});
 }
 
+// One step of more states than a part holds (StepTarget::more), over many blocks of the finest
+// width (time-major: handed over block by block, each block's rows in order) in a narrow time
+// range, with late points among them: equal to the reference.
+TEST(Compactor, StepOfManyPartsAndBlocksEqualsTheReference) {
+  Env env;
+  LogBuilder log(env.log_dir);
+  for (int i = 0; i < 12000; ++i) {
+    const int64_t ts = kT0 + int64_t{i} * (kSecond / 5) - (i % 11 == 0 ? 40 * kSecond : 0);
+    log.add("cpu,host=h" + std::to_string(i % 150) + " usage=" + std::to_string(i % 97) +
+            ",idle=" + std::to_string(i % 13) + "i " + std::to_string(ts));
+  }
+  log.seal();
+  auto store = env.open_store();
+  auto c = Compactor::open(*store, test_views(), env.options(64 << 20));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto stats = (*c)->compact();
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->steps, 1u);
+  EXPECT_GT(stats->states, 2u * 16384) << "several parts";
+  const uint64_t end = store->watermark().log_offset;
+  auto snap = store->snapshot();
+  ASSERT_TRUE(snap.ok());
+  expect_store_equals(*snap, reference(env.log_dir, test_views(), end), test_views());
+}
+
 TEST(Compactor, BucketMetInOrderAndAgainLateInOneStepIsOneState) {
   Env env;
   LogBuilder log(env.log_dir);

@@ -77,8 +77,11 @@ struct Fixture {
   // Commits one compaction step from the current watermark to `to`.
   Status step(std::vector<PartialState> states, uint64_t to, std::vector<SeriesName> series = {},
               CommitError* why = nullptr) {
-    std::sort(states.begin(), states.end(),
-              [](const PartialState& a, const PartialState& b) { return a.key < b.key; });
+    const uint32_t per_block =
+        buckets_per_block(AggregateLayout::for_view(def).value().state_bytes());
+    std::sort(states.begin(), states.end(), [&](const PartialState& a, const PartialState& b) {
+      return step_order_less(a.key, b.key, def.widths_ns, per_block);
+    });
     held_.push_back(std::move(states));
     held_series_.push_back(std::move(series));
     StepWrite w;
@@ -102,16 +105,25 @@ uint64_t count_at(const ViewSnapshot& snap, const ViewInfo& view, const BucketKe
   return state.ok() && state.value().has_value() ? layout.count(*state.value()) : 0;
 }
 
-TEST(ViewStoreKeys, BlockKeysSortByRowThenWidthThenSignedBlock) {
-  std::vector<BlockKey> keys = {{1, 0, -5},
-                                {1, 0, -1},
-                                {1, 0, 0},
-                                {1, 0, 7},
-                                {1, 1, std::numeric_limits<int64_t>::min()},
-                                {1, 1, 3},
-                                {2, 0, std::numeric_limits<int64_t>::max()},
-                                {0x0100000000000000, 0, 0}};
-  std::sort(keys.begin(), keys.end());
+// Coarser widths by row, then width, then signed block; after all of them the finest width by
+// signed block, then row.
+TEST(ViewStoreKeys, BlockKeysSortRowMajorThenTheFinestWidthTimeMajor) {
+  const std::vector<BlockKey> keys = {{0, 1, 0},
+                                      {1, 1, std::numeric_limits<int64_t>::min()},
+                                      {1, 1, -1},
+                                      {1, 1, 3},
+                                      {1, 2, -5},
+                                      {2, 1, std::numeric_limits<int64_t>::max()},
+                                      {0x0100000000000000, 1, 0},
+                                      {std::numeric_limits<uint64_t>::max(), 7, 0},
+                                      {0x0100000000000000, 0, std::numeric_limits<int64_t>::min()},
+                                      {2, 0, -5},
+                                      {7, 0, -5},
+                                      {0, 0, -1},
+                                      {1, 0, 0},
+                                      {2, 0, 0},
+                                      {0, 0, 7},
+                                      {std::numeric_limits<uint64_t>::max(), 0, 7}};
   for (size_t i = 0; i < keys.size(); ++i) {
     std::byte a[kBlockKeyBytes];
     encode_block_key(keys[i], a);
@@ -575,6 +587,58 @@ TEST(ViewStore, BucketsAddedToBlocksOverManyStepsReadBackInTimeOrder) {
   EXPECT_EQ(starts, want);
 }
 
+// The finest width's blocks sort by block, then row: a scan of one row finds its blocks among
+// those of other rows and skips block numbers no row has; for_each_row sees rows of every width.
+TEST(ViewStore, FinestWidthScanFindsOneRowsBlocksAmongOtherRows) {
+  Fixture f;
+  ASSERT_TRUE(f.store);
+  StateMaker m(f.def);
+  const int64_t per_block = buckets_per_block(m.layout().state_bytes());
+  // row -> 1s bucket numbers
+  const std::map<uint64_t, std::vector<int64_t>> buckets = {
+      {1, {0, 1, 5 * per_block + 2, 1000 * per_block}},
+      {2, {per_block, 2 * per_block + 3, 4 * per_block, 5 * per_block + 2}},
+      {3, {-per_block, 10 * per_block}},
+      {5, {5 * per_block}}};
+  std::vector<PartialState> states;
+  for (const auto& [row, qs] : buckets) {
+    for (int64_t q : qs) states.push_back(m.make({row, 0, q * kSecond}, {1.0}));
+  }
+  states.push_back(m.make({9, 1, 0}, {1.0}));  // a row with no finest-width bucket
+  ASSERT_TRUE(f.step(states, 80).ok());
+  auto snap = f.store->snapshot();
+  ASSERT_TRUE(snap.ok());
+  const ViewInfo& v = *snap->find_view("v");
+  for (uint64_t row = 0; row <= 9; ++row) {
+    std::vector<int64_t> read;
+    ASSERT_TRUE(snap->scan(v, row, 0, std::numeric_limits<int64_t>::min(),
+                           std::numeric_limits<int64_t>::max(),
+                           [&](int64_t t, auto) {
+                             read.push_back(t / kSecond);
+                             return true;
+                           })
+                    .ok());
+    auto it = buckets.find(row);
+    EXPECT_EQ(read, it == buckets.end() ? std::vector<int64_t>{} : it->second) << "row " << row;
+  }
+  std::vector<int64_t> middle;  // row 2, from inside block 2 to inside block 5
+  ASSERT_TRUE(snap->scan(v, 2, 0, (2 * per_block + 3) * kSecond, (5 * per_block + 2) * kSecond,
+                         [&](int64_t t, auto) {
+                           middle.push_back(t / kSecond);
+                           return true;
+                         })
+                  .ok());
+  EXPECT_EQ(middle, (std::vector<int64_t>{2 * per_block + 3, 4 * per_block}));
+  std::vector<uint64_t> rows;
+  ASSERT_TRUE(snap->for_each_row(v,
+                                 [&](uint64_t r) {
+                                   rows.push_back(r);
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(rows, (std::vector<uint64_t>{1, 2, 3, 5, 9}));
+}
+
 TEST(ViewStore, StepWithABucketStartOffItsWidthIsInvalid) {
   Fixture f;
   ASSERT_TRUE(f.store);
@@ -591,35 +655,40 @@ TEST(ViewStore, RetentionTrimsABlockThatStraddlesTheCutoff) {
   StateMaker m(f.def);
   const int64_t per_block = buckets_per_block(m.layout().state_bytes());
   const int64_t now = 1000 * kDay + 7 * kSecond;  // the cutoff falls inside a block
+  // Three rows (the finest width's blocks of all rows lie together, block by block).
   std::vector<PartialState> states;
-  for (int64_t q = 0; q < 3 * per_block; ++q)
-    states.push_back(m.make({1, 0, now - q * kSecond - kSecond}, {1.0}));
+  for (uint64_t row = 1; row <= 3; ++row) {
+    for (int64_t q = 0; q < 3 * per_block; ++q)
+      states.push_back(m.make({row, 0, now - q * kSecond - kSecond}, {1.0}));
+  }
   ASSERT_TRUE(f.step(states, 80).ok());
   BucketRetention keep_a_block;
   keep_a_block.rules = {{kSecond, per_block * kSecond}};
   auto deleted = f.store->apply_retention(keep_a_block, now, 1);
   ASSERT_TRUE(deleted.ok()) << deleted.status().ToString();
-  EXPECT_EQ(*deleted, static_cast<uint64_t>(2 * per_block));
+  EXPECT_EQ(*deleted, static_cast<uint64_t>(3 * 2 * per_block));
   auto snap = f.store->snapshot();
   ASSERT_TRUE(snap.ok());
   const ViewInfo& v = *snap->find_view("v");
-  std::vector<int64_t> starts;
-  ASSERT_TRUE(snap->scan(v, 1, 0, std::numeric_limits<int64_t>::min(),
-                         std::numeric_limits<int64_t>::max(),
-                         [&](int64_t t, auto) {
-                           starts.push_back(t);
-                           return true;
-                         })
-                  .ok());
-  ASSERT_EQ(starts.size(), static_cast<size_t>(per_block));
-  EXPECT_EQ(starts.front(), now - per_block * kSecond);
-  EXPECT_EQ(starts.back(), now - kSecond);
-  EXPECT_EQ(snap->bucket_count(v).value(), static_cast<uint64_t>(per_block));
+  for (uint64_t row = 1; row <= 3; ++row) {
+    std::vector<int64_t> starts;
+    ASSERT_TRUE(snap->scan(v, row, 0, std::numeric_limits<int64_t>::min(),
+                           std::numeric_limits<int64_t>::max(),
+                           [&](int64_t t, auto) {
+                             starts.push_back(t);
+                             return true;
+                           })
+                    .ok());
+    ASSERT_EQ(starts.size(), static_cast<size_t>(per_block)) << row;
+    EXPECT_EQ(starts.front(), now - per_block * kSecond);
+    EXPECT_EQ(starts.back(), now - kSecond);
+  }
+  EXPECT_EQ(snap->bucket_count(v).value(), static_cast<uint64_t>(3 * per_block));
   EXPECT_EQ(f.store->state().find_version(f.version)->bucket_count,
-            static_cast<uint64_t>(per_block));
+            static_cast<uint64_t>(3 * per_block));
 }
 
-// A store written by an older build (one key per bucket) is refused, saying what to do.
+// A store written by an older build (layout 2: row-major keys only) is refused, saying what to do.
 TEST(ViewStore, OlderLayoutIsUnsupportedAndTheErrorSaysToRemoveTheViews) {
   TempDir tmp;
   const auto dir = tmp.path() / "views";
@@ -640,7 +709,7 @@ TEST(ViewStore, OlderLayoutIsUnsupportedAndTheErrorSaysToRemoveTheViews) {
     auto rec = txn->get(meta, lmdb::val(std::string_view("store")));
     ASSERT_TRUE(rec.ok());
     std::vector<std::byte> old(rec->begin(), rec->end());
-    const uint32_t layout = 1;
+    const uint32_t layout = 2;  // row-major keys only
     std::memcpy(old.data() + 8, &layout, sizeof layout);
     ASSERT_TRUE(txn->put(meta, lmdb::val(std::string_view("store")), lmdb::val(old)).ok());
     ASSERT_TRUE(txn->commit().ok());
@@ -649,7 +718,7 @@ TEST(ViewStore, OlderLayoutIsUnsupportedAndTheErrorSaysToRemoveTheViews) {
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), Status::Code::kUnsupported);
   const std::string& msg = store.status().message();
-  EXPECT_NE(msg.find(dir.string() + ": batch views in layout version 1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(dir.string() + ": batch views in layout version 2"), std::string::npos) << msg;
   EXPECT_NE(msg.find("remove " + dir.string()), std::string::npos) << msg;
   auto reader = ViewReader::open(dir);
   ASSERT_FALSE(reader.ok());
