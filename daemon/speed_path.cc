@@ -28,8 +28,8 @@ constexpr int64_t kFutureSkewNs = 5 * 60 * 1'000'000'000LL;
 constexpr uint64_t kLooksPerInsert = 2;
 constexpr uint64_t kMinLooks = 256;
 constexpr int64_t kEvictEveryNs = 1'000'000'000;
-// Updates whose entries are prefetched ahead of the one being applied; with a batch layer,
-// their slot index bytes kIndexAhead updates ahead (powers of two).
+// Updates whose slot index bytes (kIndexAhead) and entries (kPrefetchAhead) are prefetched
+// ahead of the one being applied (powers of two).
 constexpr size_t kPrefetchAhead = 4;
 constexpr size_t kIndexAhead = 8;
 // A shard is under pressure from this load (tenths of its slots occupied or tombstones) on:
@@ -312,12 +312,13 @@ void SpeedPath::apply(Worker& w, uint32_t shard) {
 }
 
 void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
-  // The table is far larger than the caches: each update's entries are prefetched
-  // kPrefetchAhead updates early, so the memory latencies overlap. Keys and home slots are
-  // computed once, at the prefetch, into a ring of `lead` updates.
-  // With a batch layer, a key often lies past its home slot (every unabsorbed generation of a
-  // bucket has an entry on its chain, the newest last): its slot index bytes are loaded
-  // kIndexAhead updates early, and kPrefetchAhead updates early the entry they point at.
+  // The table is far larger than the caches, so the memory latencies of several updates
+  // overlap: kIndexAhead updates early the slot index bytes at each key's home slot are
+  // prefetched (a few hundred KiB per shard, mostly cached), and kPrefetchAhead updates early
+  // the entry they point at: the slot whose tag matches, which with a batch layer often lies
+  // past the home slot (every unabsorbed generation of a bucket has an entry on its chain, the
+  // newest last), or else the free slot an insert will take. Keys and home slots are computed
+  // once, at the first prefetch, into a ring of kIndexAhead.
   struct Prepared {
     ipc::EntryKey keys[ViewDef::kMaxWidths];
     ipc::ShardWriter::Home homes[ViewDef::kMaxWidths];
@@ -325,7 +326,6 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
     uint32_t view;
   };
   Prepared ahead[kIndexAhead];
-  const size_t lead = absorbing_ ? kIndexAhead : kPrefetchAhead;
   // The bucket starts of the last update prepared: the fields of one record follow each other
   // and share them (a division per width saved).
   const Pending* last = nullptr;
@@ -342,11 +342,7 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
     for (uint32_t wi = 0; wi < out.count; ++wi) {
       out.keys[wi] = {p.row_id, wi, starts[wi], p.generation};
       out.homes[wi] = writer.home(out.keys[wi]);
-      if (absorbing_) {
-        writer.prefetch_index(out.homes[wi]);
-      } else {
-        writer.prefetch(out.homes[wi]);
-      }
+      writer.prefetch_index(out.homes[wi]);
     }
   };
   auto prefetch_tagged = [&](const Prepared& at) {
@@ -354,13 +350,11 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
     for (uint32_t wi = 0; wi < at.count; ++wi) writer.prefetch_tagged(at.homes[wi]);
   };
   const size_t n = updates.size();
-  for (size_t i = 0; i < std::min(n, lead); ++i) prepare(updates[i], ahead[i]);
-  if (absorbing_) {
-    for (size_t i = 0; i < std::min(n, kPrefetchAhead); ++i) prefetch_tagged(ahead[i]);
-  }
+  for (size_t i = 0; i < std::min(n, kIndexAhead); ++i) prepare(updates[i], ahead[i]);
+  for (size_t i = 0; i < std::min(n, kPrefetchAhead); ++i) prefetch_tagged(ahead[i]);
   for (size_t i = 0; i < n; ++i) {
     const Pending& p = updates[i];
-    Prepared& cur = ahead[i & (lead - 1)];
+    Prepared& cur = ahead[i & (kIndexAhead - 1)];
     ipc::ShardWriter& writer = w.writers[p.view];
     const AggregateLayout& layout = layouts_[p.view];
     const std::span<std::byte> scratch(w.scratch.data(), layout.state_bytes());
@@ -383,10 +377,8 @@ void SpeedPath::apply_updates(Worker& w, std::span<const Pending> updates) {
       writer.end_write(e);
     }
     w.view_changed[p.view] = true;
-    if (i + lead < n) prepare(updates[i + lead], cur);
-    if (absorbing_ && i + kPrefetchAhead < n) {
-      prefetch_tagged(ahead[(i + kPrefetchAhead) & (lead - 1)]);
-    }
+    if (i + kIndexAhead < n) prepare(updates[i + kIndexAhead], cur);
+    if (i + kPrefetchAhead < n) prefetch_tagged(ahead[(i + kPrefetchAhead) & (kIndexAhead - 1)]);
   }
 }
 

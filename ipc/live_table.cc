@@ -599,32 +599,23 @@ constexpr uint64_t zero_bytes(uint64_t w) { return ~(((w & kLow7) + kLow7) | w |
 
 }  // namespace
 
-void ShardWriter::prefetch(Home home) const {
-  if (home.slot >= capacity_) return;
-  // The home slot's tag, and its entry: where the probe starts, and most often ends (the table
-  // is kept under half full). An entry may span two cache lines: load both (for writing).
-  __builtin_prefetch(&ctrl_[home.slot]);
-  const std::byte* e = entries_ + home.slot * entry_bytes_;
-  __builtin_prefetch(e, 1);
-  __builtin_prefetch(e + entry_bytes_ - 1, 1);
-}
-
 void ShardWriter::prefetch_index(Home home) const {
   if (home.slot < capacity_) __builtin_prefetch(&ctrl_[home.slot]);
 }
 
 void ShardWriter::prefetch_tagged(Home home) const {
   if (home.slot >= capacity_) return;
-  // The first slot of eight from home whose tag matches; the home slot if none does.
+  // The first slot of eight from home whose tag matches; if none does, the first free one
+  // (empty or tombstone), where an insert would go; the home slot if neither.
   const uint64_t w = load_ctrl8(ctrl_.data() + home.slot);
-  const uint64_t m = zero_bytes(w ^ (home.tag * 0x0101010101010101ULL));
+  uint64_t m = zero_bytes(w ^ (home.tag * 0x0101010101010101ULL));
+  if (m == 0) m = ~w & kHigh1;
   uint64_t i = home.slot + (m == 0 ? 0 : static_cast<unsigned>(std::countr_zero(m)) / 8);
   if (i >= capacity_) i -= capacity_;
   const std::byte* e = entries_ + i * entry_bytes_;
   __builtin_prefetch(e, 1);
   __builtin_prefetch(e + entry_bytes_ - 1, 1);
 }
-
 
 void ShardWriter::set_ctrl(uint64_t i, uint8_t c) {
   // The copy after capacity_ repeats slots 0, 1, ... (more than once in a shard smaller than

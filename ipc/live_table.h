@@ -193,17 +193,14 @@ class ShardWriter {
   // The same, with `home` = home(key) computed once for prefetch() and this call.
   LiveEntry* find_or_insert(const EntryKey& key, Home home);
   Home home(const EntryKey& key) const;
-  // Starts loading the key's home slot (its entry and its byte of the slot index) into the
-  // cache, so that several lookups' memory latencies overlap (the table is far larger than the
-  // caches).
-  void prefetch(Home home) const;
-  // The same for keys that often lie past their home slot (with a batch layer every
-  // unabsorbed generation of a bucket has an entry on its chain, the newest last): reads the
-  // slot index now (it should be cached: prefetch() it earlier) and loads the entry of the
-  // first of eight slots from home whose tag matches, else the home slot's.
-  void prefetch_tagged(Home home) const;
-  // Starts loading the key's slot index bytes only (for prefetch_tagged() later).
+  // Start loading what find_or_insert(key, home) will touch, so that several lookups' memory
+  // latencies overlap (the table is far larger than the caches). In two steps, for the entry
+  // the lookup will touch rather than the home slot's: first the key's slot index bytes
+  // (prefetch_index); later (prefetch_tagged) it reads them, which should be cached by then,
+  // and loads the entry of the first of eight slots from home whose tag matches, else the
+  // first free one (where an insert goes), else the home slot's.
   void prefetch_index(Home home) const;
+  void prefetch_tagged(Home home) const;
 
   // Brackets every change to an entry. begin_write makes seq odd (relaxed store) and then issues
   // a release fence, which pairs with the reader's acquire fence before its second seq load: a
