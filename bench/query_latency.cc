@@ -105,7 +105,12 @@ int main(int argc, char** argv) {
   const auto m = runnel::bench::percentiles(lat);
   fmt::print("{} iterations each ({} points returned in total)\n", iterations, sink);
   runnel::bench::print_percentiles("baseline: 64 B request/response, Unix socket", b, b.p50);
-  runnel::bench::print_percentiles("Client::query 24 h at 1 m, one series, merged", m, b.p50);
-  fmt::print("target p99 < 200 us: {}\n", m.p99 < 200'000 ? "met" : "missed");
+  const std::string what = fmt::format("Client::query {} h at {} s, one series, merged",
+                                       (to_ns - from_ns) / 3'600'000'000'000, step_ns / 1'000'000'000);
+  runnel::bench::print_percentiles(what.c_str(), m, b.p50);
+  // The target is the issue's: 24 h of 1 min buckets.
+  if (step_ns == 60'000'000'000) {
+    fmt::print("target p99 < 200 us: {}\n", m.p99 < 200'000 ? "met" : "missed");
+  }
   return 0;
 }

@@ -5,11 +5,13 @@
 # batch layer stopped advancing, then runs runnel-query-latency from a separate process: one
 # series (host=h0), 24 h at 1 m step, p50/p99/p99.9 next to a Unix-socket round trip.
 # Usage: bench/query_latency.sh [BUILD_DIR]   (builds nothing; knobs: HOSTS, ITERATIONS, RUNNER:
-# a command prefix for the client, e.g. "perf record -g -o FILE")
+# a command prefix for the client, e.g. "perf record -g -o FILE"; STEP_NS: the query's step,
+# default 60 s; 1000000000 reads the 1 s width, whose blocks are keyed time-major)
 set -euo pipefail
 build=${1:-./build-release}
 hosts=${HOSTS:-50}
 iterations=${ITERATIONS:-20000}
+step_ns=${STEP_NS:-60000000000}
 runneld=$build/daemon/runneld
 runnelctl=$build/client/runnelctl
 bench=$build/bench/runnel-query-latency
@@ -75,5 +77,5 @@ for _ in $(seq 1 120); do
 done
 echo "runneld holds $(stat speed_records) of $expected points, $(stat batch_records_absorbed) absorbed by the" \
   "batch layer; $hosts hosts x $per_host points (24 h at 10 s); querying from pid $$ (runneld is pid $pid)"
-${RUNNER:-} "$bench" --shm-name "$shm" --host h0 --from-ns "$from_ns" --to-ns "$to_ns" --step-ns 60000000000 \
+${RUNNER:-} "$bench" --shm-name "$shm" --host h0 --from-ns "$from_ns" --to-ns "$to_ns" --step-ns "$step_ns" \
   --iterations "$iterations" --expect-count "$per_host"
