@@ -155,7 +155,7 @@ class Compactor::PartialStates {
   // and what the commit's parts take (a part's records and rolled-up states, a fixed size).
   size_t used_bytes() const {
     return row_slots_.size() * sizeof(RowSlot) + rows_.size() * sizeof(Row) +
-           chains_.size() * sizeof(Chain) + entries_.size() * (sizeof(Entry) + sizeof(Sorted)) +
+           chains_.size() * sizeof(Chain) + entries_.size() * (2 * sizeof(Entry)) +
            arena_used_ + late_slots_.size() * sizeof(LateSlot) + series_bytes_.size() +
            series_.size() * sizeof(Staged) +
            (part_.capacity() + finest_.capacity()) * sizeof(PartialState) +
@@ -208,18 +208,9 @@ class Compactor::PartialStates {
     chain_next_.assign(chain_start_.begin(), chain_start_.end() - 1);
     if (sorted_capacity_ < entries_.size()) {  // in huge pages: part() reads it all over
       sorted_capacity_ = std::max(entries_.size(), sorted_capacity_ * 2);
-      sorted_ = allocate<Sorted>(sorted_capacity_);
+      sorted_ = allocate<Entry>(sorted_capacity_);
     }
-    for (const Entry& e : entries_) {
-      Sorted& d = sorted_[chain_next_[e.chain]++];
-      d.bucket = e.bucket;
-      d.single = e.single;
-      if (e.single != 0) {
-        std::memcpy(d.event, e.event, kEventBytes);
-      } else {
-        d.offset = e.offset;
-      }
-    }
+    for (const Entry& e : entries_) sorted_[chain_next_[e.chain]++] = e;
     emitted_.assign(targets_.size(), 0);
     series->clear();
     for (const Staged& st : series_) {
@@ -254,7 +245,7 @@ class Compactor::PartialStates {
         constexpr size_t kAhead = 8;
         if (part_run_ + kAhead < runs_.size()) {
           const Run& ahead = runs_[part_run_ + kAhead];
-          for (uint32_t at = ahead.begin; at < ahead.end; at += 64 / sizeof(Sorted))
+          for (uint32_t at = ahead.begin; at < ahead.end; at += 64 / sizeof(Entry))
             __builtin_prefetch(&sorted_[at]);
         }
         const Run& run = runs_[part_run_++];
@@ -338,16 +329,6 @@ class Compactor::PartialStates {
     union {
       uint64_t offset;               // of the state in arena_ (not single)
       std::byte event[kEventBytes];  // i64 ts_ns, f64 value (single)
-    };
-  };
-  // An entry at commit, in output order.
-  struct Sorted {
-    int64_t bucket;
-    uint32_t single;
-    uint32_t pad;
-    union {
-      uint64_t offset;               // of the state in arena_ (not single)
-      std::byte event[kEventBytes];  // the one event (single)
     };
   };
   // The states sorted_[begin, end) of one row (row_order_[row]) in one block of the finest width.
@@ -562,12 +543,12 @@ class Compactor::PartialStates {
   // place when the chain took `late` states), merging a bucket that has two.
   void emit_chain(const Row& rw, uint32_t begin, uint32_t end, uint8_t width, bool late,
                   const AggregateLayout& layout, const Target& tg, std::vector<PartialState>* o) {
-    Sorted* first = sorted_.get() + begin;
-    Sorted* last = sorted_.get() + end;
-    auto bucket_less = [](const Sorted& a, const Sorted& b) { return a.bucket < b.bucket; };
+    Entry* first = sorted_.get() + begin;
+    Entry* last = sorted_.get() + end;
+    auto bucket_less = [](const Entry& a, const Entry& b) { return a.bucket < b.bucket; };
     if (late && !std::is_sorted(first, last, bucket_less)) std::sort(first, last, bucket_less);
     std::byte* merged = nullptr;  // the state of o->back() when two entries were merged into it
-    for (Sorted* it = first; it != last; ++it) {
+    for (Entry* it = first; it != last; ++it) {
       const PartialState ps =
           it->single
               ? PartialState{{rw.row, width, it->bucket}, {it->event, kEventBytes}, true}
@@ -659,7 +640,8 @@ class Compactor::PartialStates {
   std::vector<uint32_t>
       chain_start_;  // the entries of chain c: sorted_[chain_start_[c], chain_next_[c])
   std::vector<uint32_t> chain_next_;
-  Buffer<Sorted> sorted_;  // entries_.size() of sorted_capacity_ used
+  // The entries at commit, in output order (their chains in row order).
+  Buffer<Entry> sorted_;  // entries_.size() of sorted_capacity_ used
   size_t sorted_capacity_ = 0;
   std::vector<uint32_t> row_order_;
   std::vector<size_t>
