@@ -256,6 +256,11 @@ TEST(LineParser, RejectsBadTimestamps) {
   EXPECT_EQ(error_of("m v=1 5 6"), ParseError::kTimestamp);
 }
 
+// Appends n random decimal digits to *s.
+void append_digits(int n, std::mt19937_64& rng, std::string* s) {
+  for (int d = 0; d < n; ++d) s->push_back(static_cast<char>('0' + rng() % 10));
+}
+
 // Timestamps of up to 19 digits are read eight digits at a time; every length, sign and edge
 // must read as std::from_chars reads it, and what it refuses must be refused.
 TEST(LineParser, ReadsTimestampsOfEveryLengthAsFromChars) {
@@ -263,7 +268,7 @@ TEST(LineParser, ReadsTimestampsOfEveryLengthAsFromChars) {
   for (int digits = 1; digits <= 19; ++digits) {
     for (int i = 0; i < 200; ++i) {
       std::string ts;
-      for (int d = 0; d < digits; ++d) ts.push_back(static_cast<char>('0' + rng() % 10));
+      append_digits(digits, rng, &ts);
       for (const std::string& t : {ts, "-" + ts}) {
         int64_t want = 0;
         const auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), want);
@@ -301,9 +306,9 @@ TEST(LineParser, ReadsPlainDecimalFloatsAsFromChars) {
   for (int i = 0; i < 20000; ++i) {
     std::string v = rng() % 2 ? "-" : "";
     const int before = 1 + static_cast<int>(rng() % 12), after = static_cast<int>(rng() % 12);
-    for (int d = 0; d < before; ++d) v.push_back(static_cast<char>('0' + rng() % 10));
+    append_digits(before, rng, &v);
     if (after > 0) v.push_back('.');
-    for (int d = 0; d < after; ++d) v.push_back(static_cast<char>('0' + rng() % 10));
+    append_digits(after, rng, &v);
     values.push_back(v);
   }
   for (const std::string& v : values) {
