@@ -105,6 +105,20 @@ uint64_t count_at(const ViewSnapshot& snap, const ViewInfo& view, const BucketKe
   return state.ok() && state.value().has_value() ? layout.count(*state.value()) : 0;
 }
 
+// The bucket starts (ns) scan() reports for one row and width in [from_ns, to_ns], in its order.
+std::vector<int64_t> scanned_starts(const ViewSnapshot& snap, const ViewInfo& view, uint64_t row,
+                                   uint8_t width,
+                                   int64_t from_ns = std::numeric_limits<int64_t>::min(),
+                                   int64_t to_ns = std::numeric_limits<int64_t>::max()) {
+  std::vector<int64_t> starts;
+  const Status s = snap.scan(view, row, width, from_ns, to_ns, [&](int64_t t, auto) {
+    starts.push_back(t);
+    return true;
+  });
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return starts;
+}
+
 // Coarser widths by row, then width, then signed block; after all of them the finest width by
 // signed block, then row.
 TEST(ViewStoreKeys, BlockKeysSortRowMajorThenTheFinestWidthTimeMajor) {
@@ -360,12 +374,7 @@ TEST(ViewStore, RetentionDeletesOnlyBucketsOlderThanTheirWidthsRetention) {
   for (uint64_t row = 1; row <= 5; ++row) {
     std::vector<int64_t> ages[3];
     for (uint8_t w = 0; w < 3; ++w) {
-      ASSERT_TRUE(snap->scan(v, row, w, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
-                             [&](int64_t t, auto) {
-                               ages[w].push_back(now - t);
-                               return true;
-                             })
-                      .ok());
+      for (int64_t t : scanned_starts(*snap, v, row, w)) ages[w].push_back(now - t);
     }
     EXPECT_EQ(ages[0], (std::vector<int64_t>{kDay - kSecond, 2 * kSecond}));
     EXPECT_EQ(ages[1], (std::vector<int64_t>{20 * kDay, 2 * kDay, kDay + kMinute, kDay, kMinute}));
@@ -611,23 +620,15 @@ TEST(ViewStore, FinestWidthScanFindsOneRowsBlocksAmongOtherRows) {
   const ViewInfo& v = *snap->find_view("v");
   for (uint64_t row = 0; row <= 9; ++row) {
     std::vector<int64_t> read;
-    ASSERT_TRUE(snap->scan(v, row, 0, std::numeric_limits<int64_t>::min(),
-                           std::numeric_limits<int64_t>::max(),
-                           [&](int64_t t, auto) {
-                             read.push_back(t / kSecond);
-                             return true;
-                           })
-                    .ok());
+    for (int64_t t : scanned_starts(*snap, v, row, 0)) read.push_back(t / kSecond);
     auto it = buckets.find(row);
     EXPECT_EQ(read, it == buckets.end() ? std::vector<int64_t>{} : it->second) << "row " << row;
   }
   std::vector<int64_t> middle;  // row 2, from inside block 2 to inside block 5
-  ASSERT_TRUE(snap->scan(v, 2, 0, (2 * per_block + 3) * kSecond, (5 * per_block + 2) * kSecond,
-                         [&](int64_t t, auto) {
-                           middle.push_back(t / kSecond);
-                           return true;
-                         })
-                  .ok());
+  for (int64_t t : scanned_starts(*snap, v, 2, 0, (2 * per_block + 3) * kSecond,
+                                  (5 * per_block + 2) * kSecond)) {
+    middle.push_back(t / kSecond);
+  }
   EXPECT_EQ(middle, (std::vector<int64_t>{2 * per_block + 3, 4 * per_block}));
   std::vector<uint64_t> rows;
   ASSERT_TRUE(snap->for_each_row(v,
@@ -671,14 +672,7 @@ TEST(ViewStore, RetentionTrimsABlockThatStraddlesTheCutoff) {
   ASSERT_TRUE(snap.ok());
   const ViewInfo& v = *snap->find_view("v");
   for (uint64_t row = 1; row <= 3; ++row) {
-    std::vector<int64_t> starts;
-    ASSERT_TRUE(snap->scan(v, row, 0, std::numeric_limits<int64_t>::min(),
-                           std::numeric_limits<int64_t>::max(),
-                           [&](int64_t t, auto) {
-                             starts.push_back(t);
-                             return true;
-                           })
-                    .ok());
+    const std::vector<int64_t> starts = scanned_starts(*snap, v, row, 0);
     ASSERT_EQ(starts.size(), static_cast<size_t>(per_block)) << row;
     EXPECT_EQ(starts.front(), now - per_block * kSecond);
     EXPECT_EQ(starts.back(), now - kSecond);
