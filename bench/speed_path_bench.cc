@@ -140,7 +140,8 @@ struct SpeedRun : Run {
   ipc::LiveViewStats table;  // the view's counters at the end
 };
 
-// What the speed path runs with (0: runneld's default).
+// What the speed path runs with (workers, capacity, batch_records, widths_ns: 0 or empty for
+// runneld's default).
 struct SpeedOptions {
   uint64_t ring_bytes = 0;
   uint32_t workers = 0;
@@ -159,7 +160,7 @@ SpeedRun speed(const Records& records, const SpeedOptions& o) {
   ConfigOverrides overrides;
   overrides.shm_name = name;
   Config config = load_config(std::nullopt, overrides);
-  config.speed_workers = o.workers;
+  if (o.workers != 0) config.speed_workers = o.workers;
   if (o.capacity != 0) config.views.front().capacity = o.capacity;
   if (!o.widths_ns.empty()) config.views.front().widths_ns = o.widths_ns;
   if (o.batch_records != 0) config.speed_batch_records = o.batch_records;

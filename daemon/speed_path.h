@@ -14,12 +14,12 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include "daemon/config.h"
-#include "model/generation.h"
 #include "ipc/live_table.h"
 #include "ipc/ring.h"
 #include "ipc/series_dictionary.h"
 #include "ipc/stats.h"
 #include "model/aggregate.h"
+#include "model/generation.h"
 #include "model/status.h"
 
 namespace runnel {

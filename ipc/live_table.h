@@ -190,7 +190,8 @@ class ShardWriter {
   // initial state with update_count 0 if absent. nullptr when no slot within the probe bound is
   // free (the shard is full, or the key's chain is): count it with add_overflow().
   LiveEntry* find_or_insert(const EntryKey& key) { return find_or_insert(key, home(key)); }
-  // The same, with `home` = home(key) computed once for prefetch() and this call.
+  // The same, with `home` = home(key) computed once for prefetch_index(), prefetch_tagged() and
+  // this call.
   LiveEntry* find_or_insert(const EntryKey& key, Home home);
   Home home(const EntryKey& key) const;
   // Start loading what find_or_insert(key, home) will touch, so that several lookups' memory
