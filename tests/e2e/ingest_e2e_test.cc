@@ -121,6 +121,51 @@ TEST(IngestE2E, RejectionCountersAreVisibleThroughRunnelctlStatsJson) {
   EXPECT_NE(out.find("\"parse_errors_total\":2"), std::string::npos) << out;
 }
 
+TEST(IngestE2E, RunnelctlStatsUntilWaitsForItsCountersAndSaysWhyItGaveUp) {
+  Runneld d;
+  d.start();
+  ASSERT_TRUE(d.wait_ready());
+  const std::vector<std::string> base = {"--shm-name", d.shm_name(), "stats", "--json"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  };
+  // Waits while the condition does not hold, and returns once it does.
+  RunnelctlProcess waiter(with({"--until", "points_accepted>=3", "--until", "log_records>=3", "--timeout", "30"}));
+  EXPECT_EQ(waiter.wait_exit(300ms), -1) << "returned before any point came in: " << waiter.stdout_text();
+  send_tcp(d.tcp_port(), "m f=1i 1\nm f=2i 2\nm f=3i 3\n");
+  ASSERT_EQ(waiter.wait_exit(30s), 0) << waiter.stderr_text();
+  const std::string out = waiter.stdout_text();
+  EXPECT_NE(out.find("\"points_accepted\":3"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"log_records\":3"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"until_met_ns\":"), std::string::npos) << out;
+
+  // Not reached in time: exit 3, the counters still printed.
+  RunnelctlProcess late(with({"--until", "points_accepted>=1000", "--timeout", "0.2"}));
+  EXPECT_EQ(late.wait_exit(20s), 3);
+  EXPECT_NE(late.stdout_text().find("\"points_accepted\":3"), std::string::npos) << late.stdout_text();
+  EXPECT_NE(late.stderr_text().find("points_accepted=3 (want >= 1000); timed out"), std::string::npos)
+      << late.stderr_text();
+  RunnelctlProcess stalled(with({"--until", "points_accepted>=1000", "--stall", "0.2"}));
+  EXPECT_EQ(stalled.wait_exit(20s), 3);
+  EXPECT_NE(stalled.stderr_text().find("no --until counter moved"), std::string::npos) << stalled.stderr_text();
+
+  // Malformed conditions: exit 2, naming what was given.
+  for (const char* bad : {"no_such_counter>=1", "points_accepted>1", "points_accepted>=", "points_accepted>=1x"}) {
+    RunnelctlProcess p(with({"--until", bad}));
+    EXPECT_EQ(p.wait_exit(20s), 2) << bad;
+    EXPECT_NE(p.stderr_text().find(bad), std::string::npos) << p.stderr_text();
+  }
+
+  // The daemon goes away while a waiter waits: exit 1 and say so.
+  RunnelctlProcess orphan(with({"--until", "points_accepted>=1000", "--timeout", "60"}));
+  EXPECT_EQ(orphan.wait_exit(300ms), -1);
+  ASSERT_EQ(d.stop(), 0);
+  EXPECT_EQ(orphan.wait_exit(20s), 1);
+  EXPECT_NE(orphan.stderr_text().find("exited while waiting"), std::string::npos) << orphan.stderr_text();
+}
+
 TEST(IngestE2E, FullRingPausesStreamsWithoutLosingALine) {
   Runneld d;
   // A 64 KiB ring holds a few hundred records; the journal waits 1.5 s before it starts.
