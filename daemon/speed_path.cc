@@ -263,7 +263,7 @@ void SpeedPath::route(Worker& w, uint32_t slice) {
     // The ring holds only records runneld's parser built; a failure here means memory
     // corruption, which the journal reports too. Skip the record.
     const std::span<const std::byte> payload(ref.data, ref.size);
-    if (!RecordView::validate(payload, &rec, &reason)) continue;
+    if (!RecordView::validate_structure(payload, &rec, &reason)) continue;
     const int64_t ts = rec.ts_ns();
     if (ts > w.max_ts) w.max_ts = ts;
     w.router.route(

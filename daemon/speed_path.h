@@ -28,7 +28,8 @@ namespace runnel {
 //
 // Work split: the consumer thread peeks a batch of ring records (zero-copy, they stay valid
 // until advance), then runs two rounds of one task per worker in a oneTBB arena. Route: worker
-// r validates and routes its slice of the batch once, registers new rows in the series
+// r checks (RecordView::validate_structure: the ring holds only what runneld's own
+// RecordBuilder wrote) and routes its slice of the batch once, registers new rows in the series
 // dictionary, and sorts the row updates into one outbox per destination shard (the shard of
 // the row id; model/view_router.h keeps all fields of a group in one shard). Apply: worker s
 // folds the updates of every outbox for shard s, in batch order, into its shard of each view,

@@ -48,10 +48,11 @@ class Cursor {
     p_ += n;
     return true;
   }
-  // A u16-prefixed string that must be non-empty and hold no '\n'.
+  // A u16-prefixed string that must be non-empty and, when kContent, hold no '\n'.
+  template <bool kContent>
   bool take_name(std::string_view* s) {
     uint16_t n;
-    return take(&n) && n != 0 && take_bytes(n, s) && !has_newline(*s);
+    return take(&n) && n != 0 && take_bytes(n, s) && (!kContent || !has_newline(*s));
   }
 
  private:
@@ -136,7 +137,12 @@ Result<RecordView> RecordView::parse(std::span<const std::byte> bytes) {
   return view;
 }
 
-bool RecordView::validate(std::span<const std::byte> bytes, RecordView* out, const char** reason) {
+namespace {
+
+// RecordView::validate (kContent) and validate_structure.
+template <bool kContent>
+bool check_record(std::span<const std::byte> bytes, const char** reason, uint16_t* key_len_out,
+                  uint16_t* measurement_len_out, uint16_t* tag_count_out, uint16_t* field_count_out) {
   const char* base = reinterpret_cast<const char*>(bytes.data());
   if (bytes.size() < kRecordHeaderBytes) return invalid("shorter than the record header", reason);
   if (load<uint8_t>(base + kRecordOffsetVersion) != kRecordVersion) {
@@ -156,20 +162,20 @@ bool RecordView::validate(std::span<const std::byte> bytes, RecordView* out, con
   const char* key_block = base + kRecordHeaderBytes;
   Cursor key(key_block, key_block + key_len);
   std::string_view measurement;
-  if (!key.take_name(&measurement)) return invalid("bad measurement", reason);
+  if (!key.template take_name<kContent>(&measurement)) return invalid("bad measurement", reason);
   if (measurement.front() == '#') return invalid("measurement starts with '#'", reason);
   uint16_t tag_count;
   if (!key.take(&tag_count)) return invalid("series key block ends before the tag count", reason);
   std::string_view prev_key;
   for (uint32_t i = 0; i < tag_count; ++i) {
     std::string_view k, v;
-    if (!key.take_name(&k)) return invalid("bad tag key", reason);
-    if (i != 0 && !(prev_key < k)) return invalid("tag keys not strictly ascending", reason);
-    if (!key.take_name(&v)) return invalid("bad tag value", reason);
+    if (!key.template take_name<kContent>(&k)) return invalid("bad tag key", reason);
+    if (kContent && i != 0 && !(prev_key < k)) return invalid("tag keys not strictly ascending", reason);
+    if (!key.template take_name<kContent>(&v)) return invalid("bad tag value", reason);
     prev_key = k;
   }
   if (!key.at_end()) return invalid("series key block has trailing bytes", reason);
-  if (XXH3_64bits(key_block, key_len) != load<uint64_t>(base + kRecordOffsetSeriesId)) {
+  if (kContent && XXH3_64bits(key_block, key_len) != load<uint64_t>(base + kRecordOffsetSeriesId)) {
     return invalid("series_id does not match the series key", reason);
   }
 
@@ -177,7 +183,7 @@ bool RecordView::validate(std::span<const std::byte> bytes, RecordView* out, con
   for (uint32_t i = 0; i < field_count; ++i) {
     uint8_t type;
     std::string_view k;
-    if (!fields.take(&type) || !fields.take_name(&k)) return invalid("bad field key", reason);
+    if (!fields.take(&type) || !fields.template take_name<kContent>(&k)) return invalid("bad field key", reason);
     switch (static_cast<FieldType>(type)) {
       case FieldType::kFloat: {
         double v;
@@ -203,7 +209,7 @@ bool RecordView::validate(std::span<const std::byte> bytes, RecordView* out, con
         if (!fields.take(&n) || !fields.take_bytes(n, &s)) {
           return invalid("truncated string field", reason);
         }
-        if (has_newline(s)) return invalid("newline in string field", reason);
+        if (kContent && has_newline(s)) return invalid("newline in string field", reason);
         break;
       }
       default:
@@ -212,13 +218,36 @@ bool RecordView::validate(std::span<const std::byte> bytes, RecordView* out, con
   }
   if (!fields.at_end()) return invalid("bytes after the last field", reason);
 
+  *key_len_out = key_len;
+  *measurement_len_out = static_cast<uint16_t>(measurement.size());
+  *tag_count_out = tag_count;
+  *field_count_out = field_count;
+  return true;
+}
+
+}  // namespace
+
+template <bool kContent>
+bool RecordView::check(std::span<const std::byte> bytes, RecordView* out, const char** reason) {
+  uint16_t key_len, measurement_len, tag_count, field_count;
+  if (!check_record<kContent>(bytes, reason, &key_len, &measurement_len, &tag_count, &field_count)) {
+    return false;
+  }
   out->data_ = bytes.data();
   out->size_ = bytes.size();
   out->series_key_len_ = key_len;
-  out->measurement_len_ = static_cast<uint16_t>(measurement.size());
+  out->measurement_len_ = measurement_len;
   out->tag_count_ = tag_count;
   out->field_count_ = field_count;
   return true;
+}
+
+bool RecordView::validate(std::span<const std::byte> bytes, RecordView* out, const char** reason) {
+  return check<true>(bytes, out, reason);
+}
+
+bool RecordView::validate_structure(std::span<const std::byte> bytes, RecordView* out, const char** reason) {
+  return check<false>(bytes, out, reason);
 }
 
 // ---- RecordBuilder ----

@@ -186,6 +186,9 @@ TEST(RecordView, RejectsEveryTruncation) {
     const char* reason = nullptr;
     EXPECT_FALSE(RecordView::validate({copy.get(), n}, &view, &reason)) << "length " << n;
     EXPECT_NE(reason, nullptr);
+    reason = nullptr;
+    EXPECT_FALSE(RecordView::validate_structure({copy.get(), n}, &view, &reason)) << "length " << n;
+    EXPECT_NE(reason, nullptr);
   }
 }
 
@@ -232,7 +235,7 @@ TEST(RecordView, RejectsUnknownFieldTypeAndBadBoolean) {
 TEST(RecordView, RandomByteFlipsNeverReadOutOfBounds) {
   const std::vector<std::byte> good = build_sample();
   std::mt19937_64 rng(42);
-  int accepted = 0;
+  int accepted = 0, structural_accepted = 0;
   for (int iter = 0; iter < 20000; ++iter) {
     std::vector<std::byte> bad = good;
     const int flips = 1 + static_cast<int>(rng() % 4);
@@ -242,12 +245,61 @@ TEST(RecordView, RandomByteFlipsNeverReadOutOfBounds) {
     auto copy = exact_copy({bad.data(), n});
     RecordView view;
     const char* reason = nullptr;
-    if (RecordView::validate({copy.get(), n}, &view, &reason)) {
+    const bool valid = RecordView::validate({copy.get(), n}, &view, &reason);
+    if (valid) {
       ++accepted;  // a flip in a timestamp or numeric value is still a valid record
       EXPECT_GT(walk(view), 0u);
     }
+    // The structure check never reads outside the bytes either, and takes everything the full
+    // check takes, with the same view.
+    RecordView structural;
+    if (RecordView::validate_structure({copy.get(), n}, &structural, &reason)) {
+      ++structural_accepted;
+      EXPECT_GT(walk(structural), 0u);
+      if (valid) EXPECT_EQ(walk(structural), walk(view));
+    } else {
+      EXPECT_FALSE(valid) << "validate took what validate_structure refused: " << reason;
+    }
   }
-  EXPECT_LT(accepted, 20000);
+  EXPECT_LT(accepted, structural_accepted);
+  EXPECT_LT(structural_accepted, 20000);
+}
+
+TEST(RecordView, TheStructureCheckLeavesOnlyTheContentRulesOut) {
+  const std::vector<std::byte> good = build_sample();
+  RecordView view;
+  const char* reason = nullptr;
+  ASSERT_TRUE(RecordView::validate_structure(good, &view, &reason));
+  EXPECT_EQ(line_of(good), line_of(view.bytes()));
+  // Content rules: the full check refuses these, the structure check takes them.
+  auto both = [&](const std::vector<std::byte>& bad, const char* full_reason) {
+    RecordView v;
+    const char* why = nullptr;
+    EXPECT_FALSE(RecordView::validate(bad, &v, &why));
+    EXPECT_STREQ(why, full_reason);
+    EXPECT_TRUE(RecordView::validate_structure(bad, &v, &why)) << why;
+  };
+  std::vector<std::byte> wrong_id = good;
+  wrong_id[16] ^= std::byte{1};
+  both(wrong_id, "series_id does not match the series key");
+  // Tags are "host" then "region" (sorted): make the first key sort after the second.
+  std::vector<std::byte> unordered = good;
+  const size_t first_tag_key = 24 + 2 + 3 + 2 + 2;  // after u16 len, "cpu", u16 count, u16 len
+  ASSERT_EQ(static_cast<char>(unordered[first_tag_key]), 'h');
+  unordered[first_tag_key] = std::byte{'z'};
+  both(unordered, "tag keys not strictly ascending");
+  std::vector<std::byte> newline = good;
+  newline[first_tag_key + 1] = std::byte{'\n'};
+  both(newline, "bad tag key");
+  // Structure: both refuse.
+  for (auto [off, value] : {std::pair<size_t, std::byte>{0, std::byte{2}}, {1, std::byte{0}},
+                            {2, std::byte{1}}, {6, std::byte{0}}}) {
+    std::vector<std::byte> bad = good;
+    bad[off] = value;
+    RecordView v;
+    const char* why = nullptr;
+    EXPECT_FALSE(RecordView::validate_structure(bad, &v, &why)) << "offset " << off;
+  }
 }
 
 TEST(FormatLineProtocol, PrintsCanonicalLineWithEveryFieldType) {
