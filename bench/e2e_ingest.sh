@@ -225,6 +225,8 @@ echo "       runneld: points_accepted=$(json_int points_accepted <<<"$stats")" \
   "log_records=$log_records speed_records=${speed_records:-n/a}" \
   "speed_overflow_updates=$(json_int speed_overflow_updates <<<"$stats")" \
   "speed_late_updates=$(json_int speed_late_updates <<<"$stats")" \
+  "speed_forced_evictions=$(json_int speed_forced_evictions <<<"$stats")" \
+  "speed_batches=$(json_int speed_batches <<<"$stats")" \
   "parse_errors_total=$(json_int parse_errors_total <<<"$stats")" \
   "stopped in ${stop_s}s with status $stop_rc"
 echo "       batch at that moment: batch_records_absorbed=$(json_int batch_records_absorbed <<<"$stats")" \
