@@ -79,6 +79,10 @@ Status Daemon::start() {
   lo.segment_bytes = config_.segment_bytes;
   lo.fsync = to_policy(config_.fsync);
   lo.fsync_interval_ms = config_.fsync_interval_ms;
+  // Without a batch layer nothing reads the log back while the daemon runs (the speed path
+  // reads the ring): keep it out of the page cache. With one, compaction reads it soon after
+  // and drops each step's pages itself once absorbed (storage::drop_log_pages).
+  lo.drop_durable_pages = !config_.batch_enabled;
   storage::RecoveryReport report;
   journal_ = std::make_unique<Journal>(sb);
   if (Status s = journal_->open(lo, &report); !s.ok()) return s;

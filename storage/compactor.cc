@@ -1003,6 +1003,8 @@ Result<CompactionStats> Compactor::run_pass(Pass& pass, const RunLimits& limits,
       return cs;
     }
     step.states = partial_->emitted();
+    // The step's records are in the batch views now: nothing reads them again soon.
+    drop_log_pages(options_.log_dir, step_from, to_offset);
     ++stats.steps;
     stats.records += step.records;
     stats.bytes += step.bytes;

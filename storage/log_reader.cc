@@ -44,6 +44,26 @@ Result<std::vector<SegmentInfo>> list_segments(const std::filesystem::path& dir)
   return segments;
 }
 
+void drop_log_pages(const std::filesystem::path& dir, uint64_t from, uint64_t to) {
+  if (from >= to) return;
+  auto segments = list_segments(dir);
+  if (!segments.ok()) return;
+  for (const SegmentInfo& seg : *segments) {
+    // The newest segment's end is not known here; it is taken as unbounded.
+    const uint64_t end = seg.sealed ? seg.end_offset() : UINT64_MAX;
+    if (end <= from || seg.base_offset >= to) continue;
+    const UniqueFd fd(::open(seg.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) continue;
+    // File positions: the header precedes the records. Whole pages only are dropped; the
+    // header's page goes with the first records.
+    const uint64_t lo = std::max(from, seg.base_offset) - seg.base_offset;
+    const uint64_t hi = std::min(to, end) - seg.base_offset;
+    const uint64_t first = lo == 0 ? 0 : kSegmentHeaderSize + lo;
+    (void)::posix_fadvise(fd.get(), static_cast<off_t>(first),
+                          static_cast<off_t>(kSegmentHeaderSize + hi - first), POSIX_FADV_DONTNEED);
+  }
+}
+
 Status read_segment_header(int fd, const std::filesystem::path& path, uint64_t expected_base,
                            SegmentHeader* out) {
   std::array<std::byte, kSegmentHeaderSize> raw{};

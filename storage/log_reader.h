@@ -41,6 +41,12 @@ struct SegmentInfo {
 // NotFound if `dir` does not exist. Safe while a writer runs (the newest may still grow).
 Result<std::vector<SegmentInfo>> list_segments(const std::filesystem::path& dir);
 
+// Drops the page cache of log offsets [from, to) in `dir`'s segments (POSIX_FADV_DONTNEED):
+// for a reader that is done with them (compaction, once a step is absorbed), so that the
+// journal's next writes reuse those pages (see LogOptions::drop_durable_pages). Advice only:
+// a segment that is gone or cannot be opened is skipped.
+void drop_log_pages(const std::filesystem::path& dir, uint64_t from, uint64_t to);
+
 // Reads and checks a segment header: magic, version, size, crc and base offset against
 // `expected_base` (from the file name). Corruption names the file and what is wrong.
 Status read_segment_header(int fd, const std::filesystem::path& path, uint64_t expected_base,

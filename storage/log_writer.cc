@@ -253,6 +253,7 @@ Status LogWriter::recover(RecoveryReport* report) {
   }
   written_offset_.store(end_offset_, std::memory_order_release);
   durable_offset_.store(end_offset_, std::memory_order_release);
+  dropped_offset_ = segment_base_;
   for (Buffer& b : buffers_) b.start_offset = end_offset_;
   last_sync_start_ = std::chrono::steady_clock::now();
   last_record_at_open_ = report->last_record;
@@ -281,6 +282,7 @@ Status LogWriter::create_segment(uint64_t base_offset) {
   io_->attach(std::move(*fd), path);
   segment_path_ = path;
   segment_base_ = base_offset;
+  dropped_offset_ = base_offset;
   return Status::Ok();
 }
 
@@ -385,6 +387,23 @@ void LogWriter::on_sync_done(int result) {
   if (durable > durable_offset_.load(std::memory_order_relaxed)) {
     durable_offset_.store(durable, std::memory_order_release);  // pairs with durable_offset()
   }
+  drop_durable_pages(false);
+}
+
+void LogWriter::drop_durable_pages(bool sealed) {
+  const uint64_t durable = durable_offset_.load(std::memory_order_relaxed);
+  if (!options_.drop_durable_pages || io_->fd() < 0) return;
+  if (!sealed && durable <= dropped_offset_) return;
+  // From the page that holds dropped_offset_: the kernel drops only whole pages in the range,
+  // so that page was kept last time while it was still being filled. Dirty pages (bytes past
+  // the durable offset) are kept. A sealed segment goes to its end (length 0), last partial
+  // page included. Advice only: an error changes nothing that matters.
+  constexpr uint64_t kPage = 4096;
+  const uint64_t from = file_pos(dropped_offset_) / kPage * kPage;
+  const uint64_t len = sealed ? 0 : file_pos(durable) - from;
+  (void)::posix_fadvise(io_->fd(), static_cast<off_t>(from), static_cast<off_t>(len),
+                        POSIX_FADV_DONTNEED);
+  dropped_offset_ = durable;
 }
 
 Status LogWriter::reap(unsigned min_complete) {
@@ -469,6 +488,7 @@ Status LogWriter::flush() {
 Status LogWriter::roll() {
   // Seal: everything in this segment written and fdatasync'ed before the next one exists.
   if (Status st = sync(); !st.ok()) return st;
+  drop_durable_pages(true);  // to its end, last partial page included
   if (Status st = io_->close_file(); !st.ok()) return fail(st);
   if (Status st = create_segment(end_offset_); !st.ok()) return fail(st);
   for (Buffer& b : buffers_) {

@@ -35,6 +35,12 @@ struct LogOptions {
   // Each of the two write buffers (one fills while the other's write is in flight). Also
   // bounds the largest payload: see LogWriter::max_payload_bytes().
   size_t buffer_bytes = size_t{4} << 20;
+  // Drop what became durable from the page cache (POSIX_FADV_DONTNEED after each fdatasync
+  // and at each roll), for a log that nothing reads back soon. Then the next writes take the
+  // pages just freed, instead of growing the cache with fresh pages, which costs far more
+  // kernel time per byte (on this VM 6-8x: 3.3 s of system time for 1.6 GB written in 135 MB
+  // fdatasync'ed steps, against 0.4-0.5 s). A later read comes from the disk.
+  bool drop_durable_pages = false;
 };
 
 // The last record in the log when the writer opened it: where the daemon resumes in its ring.
@@ -160,6 +166,9 @@ class LogWriter {
   void on_write_done(uint64_t seq, int result);
   Status fail(Status status);
   void on_sync_done(int result);
+  // With drop_durable_pages: drops the active segment's pages below the durable offset, or all
+  // of them once it is `sealed`.
+  void drop_durable_pages(bool sealed);
   uint64_t file_pos(uint64_t log_offset) const {
     return kSegmentHeaderSize + (log_offset - segment_base_);
   }
@@ -173,6 +182,7 @@ class LogWriter {
   uint64_t segments_sealed_ = 0;
   std::atomic<uint64_t> written_offset_{0};  // stored by the writer thread with release
   std::atomic<uint64_t> durable_offset_{0};  // stored by the writer thread with release
+  uint64_t dropped_offset_ = 0;  // drop_durable_pages() went up to here in the active segment
   std::optional<LastRecord> last_record_at_open_;
 
   std::array<Buffer, 2> buffers_;

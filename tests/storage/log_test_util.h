@@ -1,9 +1,14 @@
 // Helpers shared by the storage tests: a scratch directory that cleans up after itself,
-// deterministic records, and small file surgery for recovery tests.
+// deterministic records, small file surgery for recovery tests, and page cache residency.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/magic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -112,6 +117,38 @@ inline void expect_records(const std::vector<ReadRecord>& records, uint64_t firs
     ASSERT_EQ(r.payload, payload_for(first + k)) << "record " << first + k;
     offset = r.next_offset;
   }
+}
+
+// The fraction of the file's pages that are in the page cache (mincore over a read-only
+// mapping), or -1 if it cannot be told.
+inline double resident_fraction(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct stat st;
+  double fraction = -1;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    const size_t pages = (static_cast<size_t>(st.st_size) + page - 1) / page;
+    void* map = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    if (map != MAP_FAILED) {
+      std::vector<unsigned char> in(pages);
+      if (::mincore(map, static_cast<size_t>(st.st_size), in.data()) == 0) {
+        size_t resident = 0;
+        for (unsigned char c : in) resident += c & 1;
+        fraction = static_cast<double>(resident) / static_cast<double>(pages);
+      }
+      ::munmap(map, static_cast<size_t>(st.st_size));
+    }
+  }
+  ::close(fd);
+  return fraction;
+}
+
+// Whether POSIX_FADV_DONTNEED can take `dir`'s files out of the page cache (not on tmpfs,
+// where the page cache is the only copy).
+inline bool page_cache_droppable(const std::filesystem::path& dir) {
+  struct statfs fs;
+  return ::statfs(dir.c_str(), &fs) == 0 && fs.f_type != TMPFS_MAGIC;
 }
 
 inline LogOptions options_for(const std::filesystem::path& dir, uint64_t segment_bytes,

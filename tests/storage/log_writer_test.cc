@@ -102,6 +102,60 @@ TEST(LogWriter, CloseWritesAndSyncsEverythingAppended) {
   expect_records(read_all(tmp.log_dir()), 0, 50);
 }
 
+TEST(LogWriter, DropDurablePagesKeepsTheLogOutOfThePageCacheAndReadable) {
+  TempDir tmp;
+  if (!page_cache_droppable(tmp.path())) GTEST_SKIP() << tmp.path() << " is on tmpfs";
+  for (const bool drop : {false, true}) {
+    SCOPED_TRACE(drop ? "drop_durable_pages" : "keep");
+    const auto dir = tmp.path() / (drop ? "drop" : "keep");
+    // 20,000 records of 60-200 bytes: sealed segments of 1 MiB and the active one.
+    LogOptions o = options_for(dir, 1 << 20, Policy::kInterval);
+    o.fsync_interval_ms = 0;  // every commit (of 500 records) starts a sync
+    o.drop_durable_pages = drop;
+    auto writer = LogWriter::open(o);
+    ASSERT_TRUE(writer.ok());
+    append_records(**writer, 0, 20000, 500);
+    ASSERT_TRUE((*writer)->sync().ok());
+    auto segments = list_segments(dir);
+    ASSERT_TRUE(segments.ok());
+    ASSERT_GE(segments->size(), 3u);
+    for (const SegmentInfo& seg : *segments) {
+      const double resident = resident_fraction(seg.path);
+      ASSERT_GE(resident, 0) << seg.path;
+      if (drop) {
+        // Sealed segments go whole; the active one keeps at most its last, partial page.
+        EXPECT_LE(resident * static_cast<double>(seg.file_bytes) / 4096, seg.sealed ? 0 : 1) << seg.path;
+      } else {
+        EXPECT_GT(resident, 0.9) << seg.path;
+      }
+    }
+    ASSERT_TRUE((*writer)->close().ok());
+    expect_records(read_all(dir), 0, 20000);  // read back from the disk
+  }
+}
+
+TEST(LogWriter, DropLogPagesDropsJustTheRangeGiven) {
+  TempDir tmp;
+  if (!page_cache_droppable(tmp.path())) GTEST_SKIP() << tmp.path() << " is on tmpfs";
+  auto writer = LogWriter::open(options_for(tmp.log_dir(), 1 << 20, Policy::kAlways));
+  ASSERT_TRUE(writer.ok());
+  append_records(**writer, 0, 20000, 500);
+  auto segments = list_segments(tmp.log_dir());
+  ASSERT_TRUE(segments.ok());
+  ASSERT_GE(segments->size(), 3u);
+  for (const SegmentInfo& seg : *segments) EXPECT_GT(resident_fraction(seg.path), 0.9) << seg.path;
+  // The first segment and the first half of the second.
+  const SegmentInfo& second = (*segments)[1];
+  drop_log_pages(tmp.log_dir(), 0, second.base_offset + (second.end_offset() - second.base_offset) / 2);
+  EXPECT_EQ(resident_fraction((*segments)[0].path), 0);
+  const double half = resident_fraction(second.path);
+  EXPECT_GT(half, 0.4);
+  EXPECT_LT(half, 0.6);
+  for (size_t i = 2; i < segments->size(); ++i) EXPECT_GT(resident_fraction((*segments)[i].path), 0.9);
+  ASSERT_TRUE((*writer)->close().ok());
+  expect_records(read_all(tmp.log_dir()), 0, 20000);
+}
+
 TEST(LogWriter, MissingParentDirectoryIsAClearError) {
   TempDir tmp;
   const auto dir = tmp.path() / "no" / "such" / "log";
