@@ -22,7 +22,9 @@ speed=${SPEED:-on}           # off: ingest and log only ([speed] enabled = false
 batch=${BATCH:-off}          # on: the batch layer compacts sealed segments during the run
 segment_bytes=${SEGMENT_BYTES:-268435456}  # [log] segment_bytes: smaller seals (and compacts) sooner
 split=${SPLIT:-interleaved}  # runnel-loadgen --split: contiguous sends each connection a time range
-# More keys for runneld's [ring], [speed] and [batch] tables, e.g. RING_TOML='generation_bytes = 67108864'.
+# More keys for runneld's [daemon], [ring], [speed] and [batch] tables, e.g.
+# RING_TOML='generation_bytes = 67108864', DAEMON_TOML='cpu_scheduling = "other"'.
+daemon_toml=${DAEMON_TOML:-}
 ring_toml=${RING_TOML:-}
 speed_toml=${SPEED_TOML:-}
 batch_toml=${BATCH_TOML:-}
@@ -137,6 +139,9 @@ fi
 port=$(free_port) || die "no free TCP port found"
 mkdir -p "$tmp/data"
 cat >"$tmp/runneld.toml" <<EOF
+[daemon]
+$daemon_toml
+
 [log]
 fsync = "$fsync"
 fsync_interval_ms = 1000

@@ -26,6 +26,10 @@ shm_name = "runnel"
 log_level = "info"
 # Most rejected-line messages logged per second (the counters count all of them).
 log_rate_limit_per_s = 10
+# CPU scheduling policy of every runneld thread: "batch" (SCHED_BATCH: a woken thread does not
+# preempt a running one; fewer context switches between the ingest, journal and speed threads,
+# which hand work to each other through rings) or "other" (the default time sharing).
+cpu_scheduling = "batch"
 
 [ingest]
 # Line-protocol listeners: tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH; "@runtime" is the
@@ -410,6 +414,11 @@ Config load_config(const std::optional<std::filesystem::path>& path, const Confi
   }
   c.log_rate_limit_per_s =
       static_cast<uint32_t>(get_positive(t, "daemon.log_rate_limit_per_s", 0, 1000000));
+  const auto scheduling = get<std::string>(t, "daemon.cpu_scheduling");
+  if (scheduling != "batch" && scheduling != "other") {
+    fail("config", "key 'daemon.cpu_scheduling' = '" + scheduling + "' must be batch or other");
+  }
+  c.cpu_scheduling_batch = scheduling == "batch";
 
   std::vector<std::string> urls = o.listen;
   if (urls.empty()) {

@@ -40,6 +40,7 @@ struct Config {
   std::string shm_name;
   std::string log_level;
   uint32_t log_rate_limit_per_s = 0;  // rate of per-line rejection messages in the log
+  bool cpu_scheduling_batch = true;   // daemon.cpu_scheduling = "batch": SCHED_BATCH
   // [ingest]
   std::vector<ListenSpec> listen;
   uint32_t max_line_bytes = 0;

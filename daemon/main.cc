@@ -1,10 +1,13 @@
 // runneld: the runnel daemon. Parses the command line and configuration, runs the Daemon until
 // SIGTERM/SIGINT, and reports to systemd.
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -79,6 +82,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Before any thread starts: they inherit it (and so do io_uring's kernel workers).
+  if (config.cpu_scheduling_batch) {
+    const sched_param none{};
+    if (sched_setscheduler(0, SCHED_BATCH, &none) != 0) {
+      spdlog::warn("daemon.cpu_scheduling = batch: sched_setscheduler: {}; running with the default policy",
+                   std::strerror(errno));
+    }
+  }
 
   runnel::SystemdNotifier notifier;
   runnel::Daemon daemon(config);

@@ -86,6 +86,13 @@ TEST_F(ConfigTest, BadValuesAreNamed) {
   EXPECT_NE(error_of("[ingest]\nlisten = [\"http://x:1\"]\n").find("ingest.listen"), std::string::npos);
   EXPECT_NE(error_of("[ingest]\nlisten = [\"tcp://127.0.0.1:99999\"]\n").find("bad port"), std::string::npos);
   EXPECT_NE(error_of("[daemon]\nshm_name = \"a/b\"\n").find("daemon.shm_name"), std::string::npos);
+  EXPECT_NE(error_of("[daemon]\ncpu_scheduling = \"fifo\"\n").find("'daemon.cpu_scheduling' = 'fifo' must be batch or other"),
+            std::string::npos);
+}
+
+TEST_F(ConfigTest, CpuSchedulingIsBatchUnlessSetToOther) {
+  EXPECT_TRUE(load_config(std::nullopt, {}).cpu_scheduling_batch);
+  EXPECT_FALSE(load_config(write("[daemon]\ncpu_scheduling = \"other\"\n"), {}).cpu_scheduling_batch);
 }
 
 TEST_F(ConfigTest, SyntaxErrorNamesFileAndLine) {

@@ -1,7 +1,12 @@
 // End to end: the real runneld, line protocol in over TCP, Unix and UDP, the durable log out.
 #include <gtest/gtest.h>
 
+#include <sched.h>
+
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <set>
 #include <thread>
 
@@ -164,6 +169,38 @@ TEST(IngestE2E, RunnelctlStatsUntilWaitsForItsCountersAndSaysWhyItGaveUp) {
   ASSERT_EQ(d.stop(), 0);
   EXPECT_EQ(orphan.wait_exit(20s), 1);
   EXPECT_NE(orphan.stderr_text().find("exited while waiting"), std::string::npos) << orphan.stderr_text();
+}
+
+// The scheduling policy (field 41 of /proc/PID/task/TID/stat) of each of the process's threads.
+std::map<std::string, int> thread_policies(pid_t pid) {
+  std::map<std::string, int> out;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+    std::ifstream in(task.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    const std::string comm = stat.substr(stat.find('(') + 1, close - stat.find('(') - 1);
+    std::istringstream rest(stat.substr(close + 2));  // from field 3 (state) on
+    std::string field;
+    for (int i = 3; i <= 41 && rest >> field; ++i) {
+      if (i == 41) out[comm + "/" + task.path().filename().string()] = std::stoi(field);
+    }
+  }
+  return out;
+}
+
+TEST(IngestE2E, EveryThreadRunsTheConfiguredCpuSchedulingPolicy) {
+  for (const bool batch : {true, false}) {
+    Runneld d;
+    d.start(batch ? "" : "[daemon]\ncpu_scheduling = \"other\"\n");
+    ASSERT_TRUE(d.wait_ready()) << d.stderr_text();
+    const auto policies = thread_policies(d.pid());
+    EXPECT_GE(policies.size(), 4u);  // main, ingest, journal, speed, batch
+    for (const auto& [thread, policy] : policies) {
+      EXPECT_EQ(policy, batch ? SCHED_BATCH : SCHED_OTHER) << thread;
+    }
+    ASSERT_EQ(d.stop(), 0);
+  }
 }
 
 TEST(IngestE2E, FullRingPausesStreamsWithoutLosingALine) {

@@ -43,6 +43,7 @@ class Runneld {
   // Waits for the process to exit on its own; returns its exit code, or -1.
   int wait_exit(std::chrono::milliseconds timeout);
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
 
   uint64_t counter(ipc::Counter c) const;  // 0 when the stats object is not there
   const std::vector<std::string>& notify_messages() const { return notify_; }
