@@ -2,10 +2,10 @@
 #include "client/stats_commands.h"
 
 #include <signal.h>
-#include <time.h>
 
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -45,12 +45,6 @@ bool parse_until(std::string_view text, Until* out) {
   return false;
 }
 
-int64_t monotonic_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
 enum class Waited { kMet, kTimedOut, kStalled, kDaemonGone };
 
 // Reads the counters every poll_ms until every condition holds; *met_ns is the CLOCK_REALTIME
@@ -58,11 +52,11 @@ enum class Waited { kMet, kTimedOut, kStalled, kDaemonGone };
 // before it).
 Waited wait_until(const ipc::StatsBlock& b, const std::vector<Until>& until, const StatsArgs& args,
                   int64_t* met_ns) {
-  const int64_t start = monotonic_ns();
-  const int64_t timeout_ns = static_cast<int64_t>(args.timeout_s * 1e9);
-  const int64_t stall_ns = static_cast<int64_t>(args.stall_s * 1e9);
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  const std::chrono::duration<double> timeout(args.timeout_s), stall(args.stall_s);
   std::vector<uint64_t> last(until.size(), 0);
-  int64_t moved_at = start;
+  Clock::time_point moved_at = start;
   for (bool first = true;; first = false) {
     const int64_t t = realtime_ns();
     bool all = true, moved = first;
@@ -76,12 +70,12 @@ Waited wait_until(const ipc::StatsBlock& b, const std::vector<Until>& until, con
       *met_ns = t;
       return Waited::kMet;
     }
-    const int64_t now = monotonic_ns();
+    const Clock::time_point now = Clock::now();
     if (moved) moved_at = now;
     // The block outlives a crashed daemon (the next one takes it over): ask the kernel.
     if (b.pid != 0 && kill(static_cast<pid_t>(b.pid), 0) != 0 && errno == ESRCH) return Waited::kDaemonGone;
-    if (now - start >= timeout_ns) return Waited::kTimedOut;
-    if (stall_ns > 0 && now - moved_at >= stall_ns) return Waited::kStalled;
+    if (now - start >= timeout) return Waited::kTimedOut;
+    if (args.stall_s > 0 && now - moved_at >= stall) return Waited::kStalled;
     std::this_thread::sleep_for(std::chrono::milliseconds(args.poll_ms));
   }
 }

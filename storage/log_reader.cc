@@ -54,13 +54,16 @@ void drop_log_pages(const std::filesystem::path& dir, uint64_t from, uint64_t to
     if (end <= from || seg.base_offset >= to) continue;
     const UniqueFd fd(::open(seg.path.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) continue;
-    // File positions: the header precedes the records. Whole pages only are dropped; the
-    // header's page goes with the first records.
+    // File positions: the header precedes the records. The kernel drops only whole pages in
+    // the range, so it starts at the page that holds `from` (its bytes before `from`, the end
+    // of the previous step, would be left otherwise), and a segment done to its end goes whole
+    // (length 0: to the end of the file).
+    constexpr uint64_t kPage = 4096;
     const uint64_t lo = std::max(from, seg.base_offset) - seg.base_offset;
     const uint64_t hi = std::min(to, end) - seg.base_offset;
-    const uint64_t first = lo == 0 ? 0 : kSegmentHeaderSize + lo;
-    (void)::posix_fadvise(fd.get(), static_cast<off_t>(first),
-                          static_cast<off_t>(kSegmentHeaderSize + hi - first), POSIX_FADV_DONTNEED);
+    const uint64_t first = (lo == 0 ? 0 : kSegmentHeaderSize + lo) / kPage * kPage;
+    const uint64_t len = seg.sealed && to >= end ? 0 : kSegmentHeaderSize + hi - first;
+    (void)::posix_fadvise(fd.get(), static_cast<off_t>(first), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
   }
 }
 
