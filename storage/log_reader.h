@@ -65,7 +65,9 @@ class SegmentReader {
     kCorrupt,     // the record at position() fails its checks; see problem()
   };
 
-  static constexpr size_t kDefaultBufferBytes = 1 << 20;
+  // Small enough that a read's bytes are still in the L2 cache when compaction parses them:
+  // runnel-compaction-bench, 6 pairs, 2-3% faster than with 1 MiB (64 KiB: the same as 256).
+  static constexpr size_t kDefaultBufferBytes = 1 << 18;
 
   // Opens `path` and checks its header (see read_segment_header).
   static Result<SegmentReader> open(const std::filesystem::path& path, uint64_t base_offset,
