@@ -26,8 +26,8 @@ int main(int argc, char** argv) {
   stats->add_option("--data-dir", stats_args.data_dir,
                     "Also show the batch views stored in this data directory (read-only)");
   stats->add_option("--until", stats_args.until,
-                    "Wait until COUNTER>=N (repeatable: all must hold), then print; exit 3 on "
-                    "--timeout or --stall");
+                    "Wait until COUNTER>=N (quote it for the shell; repeatable: all must hold), "
+                    "then print; exit 3 on --timeout or --stall");
   stats->add_option("--timeout", stats_args.timeout_s, "Longest wait for --until, seconds")
       ->capture_default_str();
   stats->add_option("--stall", stats_args.stall_s,

@@ -89,7 +89,8 @@ int cmd_stats(const StatsArgs& args) {
     if (!parse_until(text, &u)) {
       std::fprintf(stderr,
                    "runnelctl: stats: --until '%s': expected COUNTER>=N with COUNTER one of the "
-                   "counters `runnelctl stats` prints (e.g. log_records>=1000)\n",
+                   "counters `runnelctl stats` prints, quoted for the shell (e.g. --until "
+                   "'log_records>=1000'; unquoted, a shell reads '>' as a redirection)\n",
                    text.c_str());
       return 2;
     }
