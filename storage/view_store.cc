@@ -838,15 +838,15 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
             MDB_cursor* c = cursor->get();
             std::byte kb[kBlockKeyBytes];
             // Positions the cursor at the first block at or after `key`.
-            auto seek_bytes = [&](const std::byte* key, MDB_val* k, MDB_val* val) {
-              std::memcpy(kb, key, kBlockKeyBytes);
+            auto seek_bytes = [&](std::span<const std::byte, kBlockKeyBytes> key, MDB_val* k,
+                                  MDB_val* val) {
+              std::memcpy(kb, key.data(), kBlockKeyBytes);
               *k = MDB_val{kBlockKeyBytes, kb};
               return cursor->seek(k, val, MDB_SET_RANGE);
             };
             auto seek = [&](const BlockKey& key, MDB_val* k, MDB_val* val) {
-              std::byte encoded[kBlockKeyBytes];
-              encode_block_key(key, encoded);
-              return seek_bytes(encoded, k, val);
+              encode_block_key(key, kb);
+              return seek_bytes(kb, k, val);
             };
             auto finish = [&] {
               if (deleted == 0) return Status::Ok();
@@ -854,7 +854,7 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
                                     -static_cast<int64_t>(deleted));
             };
             MDB_val k{}, val{};
-            auto found = seek_bytes(resume.data(), &k, &val);
+            auto found = seek_bytes(resume, &k, &val);
             while (true) {
               if (!found.ok()) return found.status();
               if (!*found || k.mv_size != kBlockKeyBytes) {
@@ -870,9 +870,7 @@ Result<uint64_t> ViewStore::apply_retention(const BucketRetention& retention, in
               bool gone = false;  // the block was deleted whole
               if (old_slots > 0) {
                 if (deleted >= max_deletes_per_txn) {
-                  std::byte here[kBlockKeyBytes];  // resume here in the next transaction
-                  encode_block_key(key, here);
-                  std::memcpy(next.data(), here, kBlockKeyBytes);
+                  encode_block_key(key, next);  // resume here in the next transaction
                   return finish();
                 }
                 Block b;

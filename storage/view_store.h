@@ -169,17 +169,17 @@ struct BucketKey {
   friend auto operator<=>(const BucketKey&, const BucketKey&) = default;
 };
 
-// One block of one row: the data key above, decoded. Its operator<=> is not the keys' order;
-// compare encoded keys.
+// One block of one row: the data key above, decoded. No ordering: the keys' order is that of
+// their encoded bytes.
 struct BlockKey {
   uint64_t row_id = 0;
   uint8_t width_index = 0;
   int64_t block = 0;
-  friend auto operator<=>(const BlockKey&, const BlockKey&) = default;
+  friend bool operator==(const BlockKey&, const BlockKey&) = default;
 };
 // Whether the blocks of a width sort by block, then row (the finest) rather than by row.
 inline bool time_major(uint8_t width_index) { return width_index == 0; }
-void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]);
+void encode_block_key(const BlockKey& key, std::span<std::byte, kBlockKeyBytes> out);
 // REQUIRES: bytes.size() == kBlockKeyBytes.
 BlockKey decode_block_key(std::span<const std::byte> bytes);
 // The block of `key` (a bucket start of width widths_ns[key.width_index]) and its slot in it.

@@ -238,18 +238,18 @@ uint32_t buckets_per_block(size_t state_bytes) {
       std::clamp<size_t>(room / std::max<size_t>(state_bytes, 1), 1, kMaxBucketsPerBlock));
 }
 
-void encode_block_key(const BlockKey& key, std::byte (&out)[kBlockKeyBytes]) {
+void encode_block_key(const BlockKey& key, std::span<std::byte, kBlockKeyBytes> out) {
   const uint64_t block = static_cast<uint64_t>(key.block) ^ kBucketSignBit;
   if (time_major(key.width_index)) {
     out[0] = std::byte{1};
-    put_be64(out + 1, block);
-    put_be64(out + 9, key.row_id);
+    put_be64(out.data() + 1, block);
+    put_be64(out.data() + 9, key.row_id);
     out[17] = static_cast<std::byte>(key.width_index);
   } else {
     out[0] = std::byte{0};
-    put_be64(out + 1, key.row_id);
+    put_be64(out.data() + 1, key.row_id);
     out[9] = static_cast<std::byte>(key.width_index);
-    put_be64(out + 10, block);
+    put_be64(out.data() + 10, block);
   }
 }
 
